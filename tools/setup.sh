@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for pbkfs on Debian 12 (run as root by `make setup`).
+# Installs only what is missing, then keeps .venv in step with pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+    need_apt+=(postgresql-15 postgresql-contrib-15 postgresql-client-15)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q "${need_apt[@]}" >/dev/null
+    }
+fi
+# A fresh postgresql package starts a cluster we do not use; it is harmless but costs memory.
+id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.pbkfs-installed
+want=$(cat pyproject.toml pbkfs/codecs/_native.c | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing pbkfs (editable, with test extras) into .venv"
+    .venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
