@@ -69,3 +69,7 @@ class UnsupportedError(PbkfsError):
 
 class UsageError(PbkfsError):
     """A bad command-line argument or option value."""
+
+
+class CodecError(PbkfsError):
+    """A compressed payload is malformed (the caller adds file and block)."""
