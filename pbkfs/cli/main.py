@@ -1,0 +1,25 @@
+"""The `pbkfs` command: a click group; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pbkfs import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pbkfs")
+def cli() -> None:
+    """Mount pg_probackup backups as live, writable PostgreSQL data directories."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="pbkfs")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
