@@ -1,0 +1,179 @@
+"""backup_content.control: one `{"name":"value", ...}` line per file (format spec §2).
+
+The lines look like JSON but are not: values are printed unescaped, so a value
+ends at the next double quote. Entries are keyed by (external_dir_num, path).
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+import msgspec
+
+from pbkfs.catalog.control import COMPRESS_ALGS
+from pbkfs.codecs.crc import crc32c
+from pbkfs.errors import CatalogError, CorruptionError, ParseError
+
+BYTES_INVALID = -1
+_PAIR = r'"[^"\n]*":"[^"\n]*"'
+_LINE = re.compile(r"\{\s*" + _PAIR + r"(?:\s*,\s*" + _PAIR + r")*\s*\}")
+_PAIRS = re.compile(r'"([^"\n]*)":"([^"\n]*)"')
+_INT64_MAX = (1 << 63) - 1
+
+
+class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One listed file or directory of a backup."""
+
+    path: str
+    size: int
+    mode: int
+    is_datafile: bool
+    is_cfs: bool
+    crc: int
+    compress_alg: str | None
+    external_dir_num: int
+    db_oid: int
+    segno: int
+    n_blocks: int | None
+    full_size: int | None
+    n_headers: int
+    hdr_crc: int
+    hdr_off: int
+    hdr_size: int
+    linked: str | None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode) or bool(self.linked)
+
+    @property
+    def is_regular(self) -> bool:
+        return not self.is_dir and not self.is_symlink
+
+    @property
+    def is_page_stream(self) -> bool:
+        """Stored in page-stream format (CFS files are stored like plain files)."""
+        return self.is_datafile and not self.is_cfs and self.is_regular
+
+
+def check_relative_path(path: str) -> str | None:
+    """Why `path` is not a safe path inside the data directory, or None if it is."""
+    if not path:
+        return "empty path"
+    if "\0" in path:
+        return "path contains a NUL byte"
+    if path.startswith("/"):
+        return "absolute path"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"path component {part!r} escapes or is not normalized"
+    return None
+
+
+def _to_int(fields: dict[str, str], key: str, default: int | None, where: Path, lineno: int) -> int:
+    raw = fields.get(key)
+    if raw is None:
+        if default is None:
+            raise ParseError(where, f"missing field {key!r}", lineno)
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParseError(where, f"field {key!r} is not an integer: {raw!r}", lineno) from None
+    return value
+
+
+def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
+    """Parse one entry line; anything malformed is a ParseError naming file and line."""
+    text = line.strip()
+    if not _LINE.fullmatch(text):
+        raise ParseError(where, f"malformed entry line: {text[:120]!r}", lineno)
+    fields = dict(_PAIRS.findall(text))
+    path = fields.get("path")
+    if path is None:
+        raise ParseError(where, "entry without a path", lineno)
+    why = check_relative_path(path)
+    if why:
+        raise ParseError(where, f"entry {path!r}: {why}", lineno)
+    size = _to_int(fields, "size", None, where, lineno)
+    if size > _INT64_MAX:
+        size = BYTES_INVALID
+    if size < BYTES_INVALID:
+        raise ParseError(where, f"entry {path!r}: negative size {size}", lineno)
+    mode = _to_int(fields, "mode", None, where, lineno)
+    if not 0 <= mode <= 0o177777 or stat.S_IFMT(mode) not in (stat.S_IFDIR, stat.S_IFREG,
+                                                             stat.S_IFLNK):
+        raise ParseError(where, f"entry {path!r}: unsupported mode {mode:o}", lineno)
+    alg = fields.get("compress_alg")
+    if alg is not None and alg.lower() not in COMPRESS_ALGS:
+        raise ParseError(where, f"entry {path!r}: unknown compress_alg {alg!r}", lineno)
+    n_blocks = _to_int(fields, "n_blocks", -1, where, lineno)
+    full_size = _to_int(fields, "full_size", -1, where, lineno)
+    entry = FileEntry(
+        path=path,
+        size=size,
+        mode=mode,
+        is_datafile=_to_int(fields, "is_datafile", 0, where, lineno) == 1,
+        is_cfs=_to_int(fields, "is_cfs", 0, where, lineno) == 1,
+        crc=_to_int(fields, "crc", 0, where, lineno) & 0xFFFFFFFF,
+        compress_alg=alg.lower() if alg is not None else None,
+        external_dir_num=_to_int(fields, "external_dir_num", 0, where, lineno),
+        db_oid=_to_int(fields, "dbOid", 0, where, lineno),
+        segno=_to_int(fields, "segno", 0, where, lineno),
+        n_blocks=n_blocks if n_blocks >= 0 else None,
+        full_size=full_size if full_size >= 0 else None,
+        n_headers=_to_int(fields, "n_headers", 0, where, lineno),
+        hdr_crc=_to_int(fields, "hdr_crc", 0, where, lineno) & 0xFFFFFFFF,
+        hdr_off=_to_int(fields, "hdr_off", 0, where, lineno),
+        hdr_size=_to_int(fields, "hdr_size", 0, where, lineno),
+        linked=fields.get("linked") or None,
+    )
+    if entry.n_headers < 0 or entry.hdr_off < 0 or entry.hdr_size < 0 or entry.segno < 0:
+        raise ParseError(where, f"entry {path!r}: negative page-map field", lineno)
+    if entry.n_headers and entry.hdr_size <= 0:
+        raise ParseError(where, f"entry {path!r}: n_headers without hdr_size", lineno)
+    if entry.external_dir_num < 0:
+        raise ParseError(where, f"entry {path!r}: negative external_dir_num", lineno)
+    return entry
+
+
+def parse_content(data: bytes, where: Path, expected_crc: int = 0) -> list[FileEntry]:
+    """Parse a whole backup_content.control, checking its CRC32C when one is recorded."""
+    if expected_crc:
+        actual = crc32c(data)
+        if actual != expected_crc:
+            raise CorruptionError(
+                where, f"content CRC mismatch: backup.control records {expected_crc}, "
+                f"file has {actual}"
+            )
+    try:
+        text = data.decode("utf-8", errors="surrogateescape")
+    except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape never fails
+        raise ParseError(where, str(exc)) from None
+    entries: list[FileEntry] = []
+    seen: set[tuple[int, str]] = set()
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        entry = parse_line(line, where, lineno)
+        key = (entry.external_dir_num, entry.path)
+        if key in seen:
+            raise ParseError(where, f"entry {entry.path!r} listed twice", lineno)
+        seen.add(key)
+        entries.append(entry)
+    return entries
+
+
+def read_content(path: Path, expected_crc: int = 0) -> list[FileEntry]:
+    """Read backup_content.control from disk."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(path, f"cannot read file list: {exc.strerror or exc}") from exc
+    return parse_content(data, path, expected_crc)
