@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pbkfs import SUPPORTED_PROGRAM_VERSION
 from pbkfs.catalog.control import USABLE_STATUSES, version_number
 from pbkfs.catalog.store import Backup, Instance
@@ -70,12 +73,9 @@ def _check_member(backup: Backup, target: Backup, force: bool) -> None:
                          f"checked against {SUPPORTED_PROGRAM_VERSION})")
 
 
-def _pid_file_is_live(pid_file: object) -> bool:
-    import os
-    from pathlib import Path
-
+def _pid_file_is_live(pid_file: Path) -> bool:
     try:
-        pid = int(Path(str(pid_file)).read_text().split()[0])
+        pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
     try:

@@ -15,6 +15,13 @@ def cli() -> None:
     """Mount pg_probackup backups as live, writable PostgreSQL data directories."""
 
 
+from pbkfs.cli.show import show  # noqa: E402
+from pbkfs.cli.verify import verify  # noqa: E402
+
+cli.add_command(show)
+cli.add_command(verify)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="pbkfs")
