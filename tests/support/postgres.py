@@ -189,12 +189,18 @@ class PgCluster:
             "-p", str(self.port), "-k", str(self.sockdir), "-c", "listen_addresses=",
             *_options(options),
         ]
-        self.run(
+        proc = self.run(
             [
                 PG_BIN / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "120",
                 "-o", shlex.join(args), "start",
-            ]
+            ],
+            check=False,
         )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"PostgreSQL did not start on {self.datadir} (pg_ctl exited {proc.returncode});"
+                f" server log:\n{self.log_tail()}"
+            )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs (no error otherwise)."""

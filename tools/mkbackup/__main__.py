@@ -1,0 +1,5 @@
+"""`python -m tools.mkbackup ...`"""
+
+from tools.mkbackup.cli import main
+
+main()
