@@ -105,26 +105,32 @@ class PgConnection:
         return tuple(row)
 
     def server_info(self) -> ServerInfo:
-        row = self._one(
-            "SELECT current_setting('server_version_num')::int,"
-            " (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
-            " current_setting('data_directory'), current_user,"
+        """Facts about the server; the superuser-only ones are left empty for other roles
+        (check_can_backup then says what is wrong instead of a permission error)."""
+        version, user, superuser, recovery = self._one(
+            "SELECT current_setting('server_version_num')::int, current_user,"
             " (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
-            " pg_catalog.pg_is_in_recovery(), current_setting('wal_level'),"
-            " current_setting('block_size')::int, current_setting('wal_block_size')::int,"
-            " pg_catalog.pg_size_bytes(current_setting('wal_segment_size'))"
+            " pg_catalog.pg_is_in_recovery()"
         )
+        row: tuple[Any, ...] = (0, "", "", 0, 0, 0)
+        if superuser:
+            row = self._one(
+                "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
+                " current_setting('data_directory'), current_setting('wal_level'),"
+                " current_setting('block_size')::int, current_setting('wal_block_size')::int,"
+                " pg_catalog.pg_size_bytes(current_setting('wal_segment_size'))"
+            )
         return ServerInfo(
-            version_num=int(row[0]),
-            system_identifier=int(row[1]),
-            data_directory=str(row[2]),
-            user=str(row[3]),
-            is_superuser=bool(row[4]),
-            in_recovery=bool(row[5]),
-            wal_level=str(row[6]),
-            block_size=int(row[7]),
-            wal_block_size=int(row[8]),
-            wal_segment_size=int(row[9]),
+            version_num=int(version),
+            system_identifier=int(row[0]),
+            data_directory=str(row[1]),
+            user=str(user),
+            is_superuser=bool(superuser),
+            in_recovery=bool(recovery),
+            wal_level=str(row[2]),
+            block_size=int(row[3]),
+            wal_block_size=int(row[4]),
+            wal_segment_size=int(row[5]),
         )
 
     def check_can_backup(self, info: ServerInfo) -> None:
