@@ -15,9 +15,11 @@ def cli() -> None:
     """Mount pg_probackup backups as live, writable PostgreSQL data directories."""
 
 
+from pbkfs.cli.archive_get import archive_get  # noqa: E402
 from pbkfs.cli.show import show  # noqa: E402
 from pbkfs.cli.verify import verify  # noqa: E402
 
+cli.add_command(archive_get)
 cli.add_command(show)
 cli.add_command(verify)
 

@@ -1,4 +1,4 @@
-"""`pbkfs show`: list backups like `pg_probackup show`."""
+"""`pbkfs show`: list backups (or, with --archive, the WAL archive) like `pg_probackup show`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,22 @@ from pbkfs.showinfo import show_json, show_text
 @click.command()
 @store_option
 @click.option("--instance", help="Only this instance.")
+@click.option("--archive", is_flag=True,
+              help="Show the WAL archive per timeline: segment range, gaps, backups.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json uses pg_probackup's structure and key names.")
 @reports_errors
-def show(store: str, instance: str | None, fmt: str) -> None:
+def show(store: str, instance: str | None, archive: bool, fmt: str) -> None:
     """List the backups of a catalog, newest first, with each backup's chain."""
     st = Store(store)
+    if archive:
+        from pbkfs.archiveinfo import show_archive_json, show_archive_text
+
+        if fmt == "json":
+            click.echo(json.dumps(show_archive_json(st, instance), indent=4))
+        else:
+            click.echo(show_archive_text(st, instance), nl=False)
+        return
     if fmt == "json":
         click.echo(json.dumps(show_json(st, instance), indent=4))
     else:
