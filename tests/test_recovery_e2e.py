@@ -1,0 +1,193 @@
+"""End to end, without a mount: each ARCHIVE-mode backup of pg15-archive, exported as restore
+would write it plus pbkfs's recovery files, recovers in a real PostgreSQL 15 through
+`pbkfs archive-get` on the fixture catalog and gives exactly the recorded query results
+(recovery to the backup's consistent point, and to the end of the archive)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pbkfs.catalog.lsn import format_lsn
+from pbkfs.catalog.store import Store
+from pbkfs.recovery import (
+    inspect_recovery_dir,
+    parse_target,
+    plan_recovery,
+    recovery_files,
+)
+from pbkfs.view import open_view
+from pbkfs.view.export import export_tree
+from tests.conftest import REPO, require
+from tests.support.postgres import (
+    PG_BIN,
+    PG_USER,
+    PgCluster,
+    free_port,
+    pg_workdir,
+    postgres_available,
+    prepare_datadir,
+)
+
+pytestmark = pytest.mark.postgres
+
+BACKUPS = ("TP2MRO", "TP2MRQ", "TP2MRW")
+PROMOTE_WAIT_STEPS = 1200  # x 0.25 s: a bound against hanging, not a timing assertion
+
+
+def _server_python() -> str | None:
+    """A Python of this interpreter's major.minor that the postgres OS user can run."""
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    seen = []
+    for cand in (sys.executable, shutil.which(f"python{want}"), f"/usr/bin/python{want}",
+                 "/usr/bin/python3"):
+        if not cand or cand in seen or not os.path.exists(cand):
+            continue
+        seen.append(cand)
+        proc = subprocess.run(["runuser", "-u", PG_USER, "--", cand, "-c",
+                               "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode == 0 and proc.stdout.strip() == want:
+            return cand
+    return None
+
+
+@contextlib.contextmanager
+def server_side_pbkfs() -> Iterator[Path]:
+    """An executable `pbkfs` the PostgreSQL server (OS user postgres) can run.
+
+    The test virtualenv's interpreter may live where postgres cannot reach it, so
+    this wrapper runs this checkout's `pbkfs archive-get` with a system Python of
+    the same version and the virtualenv's packages.
+    """
+    python = _server_python()
+    require(python is not None, "a Python the postgres user can run, same version as the tests")
+    assert python is not None
+    with pg_workdir("pbkfs-bin-") as work:
+        program = work / "pbkfs"
+        paths = f"{REPO}:{sysconfig.get_paths()['purelib']}"
+        program.write_text(
+            "#!/bin/sh\n"
+            f"PYTHONPATH='{paths}' exec '{python}' -c 'import sys; "
+            "from pbkfs.cli.archive_get import archive_get; "
+            "archive_get.main(sys.argv[2:], prog_name=\"pbkfs archive-get\")' \"$@\"\n")
+        program.chmod(0o755)
+        yield program
+
+
+@pytest.fixture(scope="module")
+def server_program() -> Iterator[Path]:
+    require(postgres_available(), "PostgreSQL 15 binaries and the postgres OS user")
+    with server_side_pbkfs() as program:
+        yield program
+
+
+def tree_state(root: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file under root: proves nothing was written."""
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def run_queries(pg: PgCluster, sql: dict[str, str], no_generic_md5: list[str]) -> dict[str, Any]:
+    """The fixture's queries (its own SQL text, through psql -X -At), in its JSON structure."""
+    srv = pg.psql(sql["server"]).split("|")
+    out: dict[str, Any] = {
+        "server": dict(zip(("pg_is_in_recovery", "server_version", "data_checksums",
+                            "wal_segment_size", "block_size"), srv, strict=True)),
+        "tablespaces": pg.psql(sql["tablespaces"]).splitlines(),
+        "databases": {},
+    }
+    for db in pg.psql(sql["databases"]).splitlines():
+        tables = [line.split("|") for line in pg.psql(sql["user_tables"], db).splitlines()]
+        entry: dict[str, Any] = {
+            "tables": {n: {"relkind": k, "relpersistence": p} for n, k, p in tables},
+            "row_counts": {n: int(pg.psql(sql["row_count"].format(table=n), db))
+                           for n, _, _ in tables},
+            "md5": {n: pg.psql(sql["table_md5"].format(table=n), db)
+                    for n, _, _ in tables if n not in no_generic_md5},
+            "sequences": dict(line.split("|") for line in
+                              pg.psql(sql["sequences"], db).splitlines()),
+        }
+        if "public.pgbench_accounts" in entry["tables"]:
+            entry["pgbench_accounts_md5"] = pg.psql(sql["pgbench_accounts_md5"], db)
+            sums = [int(v) for v in pg.psql(sql["pgbench_sums"], db).split("|")]
+            entry["pgbench_sums"] = dict(zip(
+                ("sum_abalance", "sum_bbalance", "sum_tbalance", "sum_history_delta",
+                 "history_rows"), sums, strict=True))
+        out["databases"][db] = entry
+    return out
+
+
+def wait_until_promoted(pg: PgCluster) -> None:
+    for _ in range(PROMOTE_WAIT_STEPS):
+        if not pg.is_running:
+            raise AssertionError(f"server stopped during recovery:\n{pg.log_tail()}")
+        proc = pg.run([PG_BIN / "psql", "-X", "-At", "-h", pg.sockdir, "-p", str(pg.port),
+                       "-U", PG_USER, "-d", "postgres", "-c", "SELECT pg_is_in_recovery()"],
+                      check=False, timeout=60)
+        if proc.returncode == 0 and proc.stdout.strip() == "f":
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"server did not finish recovery:\n{pg.log_tail()}")
+
+
+@pytest.mark.parametrize("kind", ["immediate", "latest"])
+@pytest.mark.parametrize("backup_id", BACKUPS)
+def test_archive_backup_recovers_like_restore(fixtures_dir: Path, server_program: Path,
+                                              backup_id: str, kind: str) -> None:
+    base = fixtures_dir / "pg15-archive"
+    catalog = base / "catalog"
+    expected = json.loads((base / "expected" / "arch" / f"{backup_id}.{kind}.queries.json")
+                          .read_text())
+    store = Store(catalog)
+    instance = store.instance("arch")
+    requested = parse_target() if kind == "immediate" else parse_target(target="latest")
+    plan = plan_recovery(instance, requested, backup_id)
+    assert plan.recovery and plan.target.stop == kind and not plan.missing
+    if kind == "immediate":
+        assert plan.target.action == "promote"
+    files = recovery_files(plan, catalog, program=str(server_program))
+    assert set(files.create) == {"recovery.signal"}
+    before = tree_state(catalog)
+
+    with pg_workdir() as work:
+        data = work / "data"
+        export_tree(open_view(store, "arch", backup_id), data)
+        files.apply_to(data)
+        prepare_datadir(data)
+        with PgCluster(data, free_port(), work / "sock") as pg:
+            pg.start({"archive_mode": "off"})
+            wait_until_promoted(pg)
+            got = run_queries(pg, expected["sql"], expected["no_generic_md5"])
+            pg.stop()
+            log = pg.log_tail(200_000)
+        status = inspect_recovery_dir(data)
+
+    assert tree_state(catalog) == before, "the catalog was written to"
+    for key in ("server", "tablespaces", "databases"):
+        assert got[key] == expected[key], key
+    stop = format_lsn(plan.backup.control.stop_lsn)
+    assert f"consistent recovery state reached at {stop}" in log
+    assert f"pbkfs archive-get: delivered {plan.wal_first}" in log
+    if kind == "immediate":
+        assert "recovery stopping after reaching consistency" in log
+    else:
+        assert "pbkfs archive-get: delivered 000000010000000000000021" in log
+        assert "000000010000000000000022: not in the WAL archive" in log
+    assert status.finished and not status.recovery_signal and status.timeline == 2, \
+        status.describe()
