@@ -23,6 +23,11 @@ cli.add_command(archive_get)
 cli.add_command(show)
 cli.add_command(verify)
 
+from pbkfs.cli.mount import mount, unmount  # noqa: E402
+
+cli.add_command(mount)
+cli.add_command(unmount)
+
 
 def main() -> None:
     """Console-script entry point."""

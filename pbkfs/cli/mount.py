@@ -1,0 +1,104 @@
+"""`pbkfs mount` and `pbkfs unmount`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from pbkfs.cli.common import reports_errors
+from pbkfs.errors import UsageError
+from pbkfs.source import SourceSpec
+
+
+@click.command("mount")
+@click.option("-B", "--backup-path", "store", envvar="BACKUP_PATH",
+              type=click.Path(file_okay=False, path_type=str),
+              help="The pg_probackup catalog (default: $BACKUP_PATH).")
+@click.option("--instance", help="Instance name in the catalog.")
+@click.option("-i", "--backup-id", help="The backup to mount (any FULL/DELTA/PAGE in a chain).")
+@click.option("-D", "--pgdata", "mountpoint", required=True,
+              type=click.Path(path_type=str), help="Mount point: an existing empty directory.")
+@click.option("-d", "--diff-dir", "diff", required=True, type=click.Path(path_type=str),
+              help="Where changes go (created if missing; one live mount per diff).")
+@click.option("--workers", type=int, default=lambda: os.cpu_count() or 1, show_default="CPUs",
+              help="Worker processes.")
+@click.option("--owner", help="USER[:GROUP] owning the files (default: the mount point's owner).")
+@click.option("--local-wal", is_flag=True,
+              help="Keep pg_wal in a plain directory of the diff (pg_wal becomes a symlink).")
+@click.option("--no-postgresql-conf", is_flag=True,
+              help="Do not add conf/postgresql.pbkfs.conf settings to postgresql.auto.conf.")
+@click.option("--no-writeback-cache", is_flag=True, hidden=True,
+              help="Disable the kernel writeback cache (for measurements).")
+@click.option("--plain-base", hidden=True, type=click.Path(file_okay=False, path_type=str),
+              help="Serve a plain directory instead of a backup (tests, benchmarks).")
+@click.option("--foreground", is_flag=True, help="Stay attached; log to stderr.")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the mount to answer.")
+@reports_errors
+def mount(
+    store: str | None,
+    instance: str | None,
+    backup_id: str | None,
+    mountpoint: str,
+    diff: str,
+    workers: int,
+    owner: str | None,
+    local_wal: bool,
+    no_postgresql_conf: bool,
+    no_writeback_cache: bool,
+    plain_base: str | None,
+    foreground: bool,
+    timeout: float,
+) -> None:
+    """Mount a backup as a live, writable PostgreSQL data directory."""
+    from pbkfs import daemon, frontend
+
+    if plain_base:
+        spec = SourceSpec("plain", path=os.path.abspath(plain_base))
+    else:
+        missing = [n for n, v in (("-B/--backup-path", store), ("--instance", instance),
+                                  ("-i/--backup-id", backup_id)) if not v]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)}")
+        assert store and instance and backup_id
+        spec = SourceSpec("catalog", store=os.path.abspath(store), instance=instance,
+                          backup_id=backup_id)
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: need at least 1")
+    opts = frontend.MountOptions(
+        source=spec,
+        mountpoint=os.path.abspath(mountpoint),
+        diff=os.path.abspath(diff),
+        workers=workers,
+        owner=owner,
+        local_wal=local_wal,
+        writeback=not no_writeback_cache,
+        postgresql_conf=not no_postgresql_conf,
+        foreground=foreground,
+    )
+    if foreground:
+        def ready(err: str | None) -> None:
+            if err is None:
+                click.echo(f"pbkfs: mounted at {opts.mountpoint}", err=True)
+            else:
+                click.echo(f"pbkfs: error: {err}", err=True)
+
+        sys.exit(frontend.run(opts, ready))
+    pid = daemon.start_background(opts, timeout=timeout)
+    click.echo(f"mounted {opts.mountpoint} (pid {pid}, diff {opts.diff})")
+
+
+@click.command("unmount")
+@click.option("-D", "--pgdata", "mountpoint", required=True, type=click.Path(path_type=str),
+              help="The mount point.")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for the mount process to persist and exit.")
+@reports_errors
+def unmount(mountpoint: str, timeout: float) -> None:
+    """Flush and persist everything, unmount, release the diff directory."""
+    from pbkfs import daemon
+
+    daemon.unmount(mountpoint, timeout=timeout)
+    click.echo(f"unmounted {os.path.abspath(mountpoint)}")

@@ -1,0 +1,123 @@
+"""Starting a mount in the background and stopping it (`pbkfs mount` / `pbkfs unmount`).
+
+The launcher starts `python -m pbkfs.frontend` in a new session with a pipe;
+the frontend answers "OK" once the mount answers, or "ERR <reason>". The
+launcher then checks that the mount point really is a pbkfs mount before it
+returns 0. Unmounting asks the kernel to unmount (refused while files are
+open, e.g. PostgreSQL still running) and then waits until the mount process
+has flushed everything and exited.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import msgspec
+
+from pbkfs.errors import PbkfsError, UsageError
+from pbkfs.frontend import MountOptions, is_mountpoint
+from pbkfs.runtime import read_record
+
+
+class MountError(PbkfsError):
+    """The mount did not come up; the message is the daemon's own reason."""
+
+
+def start_background(opts: MountOptions, timeout: float = 300.0) -> int:
+    """Start the mount process; returns its pid once the mount answers."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    args = [sys.executable, "-m", "pbkfs.frontend", msgspec.json.encode(opts).decode(), str(w)]
+    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    # posix_spawn, not Popen: the mount process outlives this one and nobody waits for it.
+    pid = os.posix_spawn(sys.executable, args, os.environ, file_actions=devnull, setsid=True)
+    os.close(w)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MountError(f"the mount did not answer within {timeout:.0f} s "
+                                 f"(pid {pid} still starting; see {opts.diff}/pbkfs.log)")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(r)
+    line = buf.decode(errors="replace").strip()
+    if line == "OK":
+        if not is_mountpoint(opts.mountpoint):
+            raise MountError(f"{opts.mountpoint}: the mount process said OK but nothing is mounted")
+        return pid
+    if line.startswith("ERR "):
+        _reap(pid)
+        raise MountError(line[4:])
+    status = _reap(pid)
+    raise MountError(f"the mount process exited with status {status} before mounting "
+                     f"(see {opts.diff}/pbkfs.log)")
+
+
+def _reap(pid: int, timeout: float = 30.0) -> int | None:
+    """Collect our child's exit status (None if it is not our child or still running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def unmount(mountpoint: str, timeout: float = 600.0) -> None:
+    """Unmount and wait until the mount process has persisted everything and exited."""
+    mnt = os.path.abspath(mountpoint)
+    rec = read_record(mnt)
+    try:
+        os.stat(mnt)
+        broken = False
+    except OSError as exc:
+        broken = exc.errno == 107  # ENOTCONN: the mount process is gone
+    if not broken and not is_mountpoint(mnt):
+        raise UsageError(f"{mnt} is not mounted")
+    res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if res.returncode != 0:
+        err = res.stderr.strip()
+        if "busy" in err.lower():
+            raise UsageError(f"{mnt} is busy (files are open there: stop PostgreSQL first)")
+        if not broken:
+            raise UsageError(f"unmounting {mnt} failed: {err}")
+    if rec is None:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(rec.pid):
+        _reap(rec.pid, 0)
+        if time.monotonic() > deadline:
+            raise UsageError(f"mount process {rec.pid} did not finish within {timeout:.0f} s")
+        time.sleep(0.05)

@@ -1,0 +1,166 @@
+"""The diff directory: binding, lock, and where everything pbkfs keeps lives.
+
+```
+<diff>/            0700
+  binding.json     what this diff belongs to (source, chain, creation time)
+  lock             flock'd by the live mount; JSON: pid, host, mount point
+  ns/              namespace journal and snapshots (journal.py)
+  objects/         <fid> data files and <fid>.map block maps (diffstore.py)
+  wal/             pg_wal when the mount was made with --local-wal
+  pbkfs.log        log of background mounts
+```
+
+Nothing here is visible inside the mounted data directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+
+import msgspec
+
+from pbkfs.errors import UsageError
+from pbkfs.source import SourceSpec
+
+FORMAT = 1
+
+
+class Binding(msgspec.Struct):
+    """The backup a diff belongs to; written once, checked at every mount."""
+
+    source: SourceSpec
+    chain: list[str]
+    created_at: str
+    base_time_ns: int
+    local_wal: bool = False
+    format: int = FORMAT
+
+
+class LockInfo(msgspec.Struct):
+    pid: int
+    host: str
+    mountpoint: str
+    started: str
+
+
+def _same_source(a: SourceSpec, b: SourceSpec) -> bool:
+    if a.kind != b.kind:
+        return False
+    if a.kind == "plain":
+        return os.path.realpath(a.path) == os.path.realpath(b.path)
+    return (
+        os.path.realpath(a.store) == os.path.realpath(b.store)
+        and a.instance == b.instance
+        and a.backup_id.upper() == b.backup_id.upper()
+    )
+
+
+def describe(spec: SourceSpec) -> str:
+    if spec.kind == "plain":
+        return f"directory {spec.path}"
+    return f"backup {spec.backup_id} of instance {spec.instance} in {spec.store}"
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """temp file + fsync + rename + fsync of the directory."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class DiffDir:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.binding_path = os.path.join(self.path, "binding.json")
+        self.lock_path = os.path.join(self.path, "lock")
+        self.ns = os.path.join(self.path, "ns")
+        self.objects = os.path.join(self.path, "objects")
+        self.wal = os.path.join(self.path, "wal")
+        self.log = os.path.join(self.path, "pbkfs.log")
+        self.lock_fd = -1
+
+    def create(self) -> None:
+        """Create the directory (0700) and its parts; existing content is kept."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise UsageError(f"diff directory {self.path}: exists and is not a directory")
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        for d in (self.ns, self.objects):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def lock(self, mountpoint: str) -> None:
+        """Take the diff for this process (released by the kernel when it dies)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.lock_holder(fd)
+            os.close(fd)
+            raise UsageError(f"diff directory {self.path} is in use{holder}") from None
+        info = LockInfo(os.getpid(), socket.gethostname(), mountpoint,
+                        time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, msgspec.json.encode(info), 0)
+        self.lock_fd = fd
+
+    @staticmethod
+    def lock_holder(fd: int) -> str:
+        try:
+            info = msgspec.json.decode(os.pread(fd, 4096, 0), type=LockInfo)
+        except (msgspec.DecodeError, OSError):
+            return ""
+        return f" by pid {info.pid} on {info.host} (mounted at {info.mountpoint})"
+
+    def unlock(self) -> None:
+        if self.lock_fd >= 0:
+            os.ftruncate(self.lock_fd, 0)
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    def read_binding(self) -> Binding | None:
+        try:
+            with open(self.binding_path, "rb") as f:
+                return msgspec.json.decode(f.read(), type=Binding)
+        except FileNotFoundError:
+            return None
+        except msgspec.DecodeError as exc:
+            raise UsageError(f"{self.binding_path}: not a pbkfs binding ({exc})") from None
+
+    def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool) -> Binding:
+        """Check the existing binding against `spec`, or write a new one."""
+        existing = self.read_binding()
+        if existing is not None:
+            if not _same_source(existing.source, spec):
+                raise UsageError(
+                    f"diff directory {self.path} is bound to {describe(existing.source)}; "
+                    f"it cannot be used for {describe(spec)} (choose another diff directory)"
+                )
+            if existing.chain and chain and existing.chain != chain:
+                raise UsageError(
+                    f"diff directory {self.path}: the chain of {spec.backup_id} changed since "
+                    f"the diff was made ({' <- '.join(existing.chain)} then, "
+                    f"{' <- '.join(chain)} now)"
+                )
+            if existing.local_wal != local_wal:
+                have = "with" if existing.local_wal else "without"
+                raise UsageError(
+                    f"diff directory {self.path} was made {have} --local-wal; "
+                    f"mount it the same way"
+                )
+            return existing
+        b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal)
+        write_atomic(self.binding_path, msgspec.json.encode(b))
+        return b

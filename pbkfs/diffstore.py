@@ -1,0 +1,367 @@
+"""Content of diff objects: copy-on-write over the backup, block by block.
+
+An *object* is the content of one file that was changed (or created) in the
+mount, stored as `objects/<fid>` (the data file) and, when the file came from
+the backup, `objects/<fid>.map` (its block map, see `blockmap.py`). The data
+file's length is always the object's logical size, so the host file system
+persists the size together with the data (`fdatasync`). Files created in the
+mount have no map: every byte is in the data file.
+
+Only the worker that owns an object's inode touches it, one request at a time
+per inode; this module holds no locks for object content, only for its table.
+
+Crash rules, in the order the code follows them:
+
+* data reaches the data file before its bit is set in the map;
+* a truncation that cuts into backup data first brings the partially kept
+  block into the diff (and makes it durable), then shortens the data file,
+  then lowers the horizon; on load the horizon is clamped to the data file's
+  length, so a crash between the last two steps is repaired;
+* `fsync`: data file first, then the map.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from pbkfs.blockmap import BlockMap, MapFormatError, blocks_for
+from pbkfs.shm import Region
+
+
+class BaseReader(Protocol):
+    """What the object store needs from the backup chain view."""
+
+    def read(self, path: str, offset: int, length: int) -> bytes: ...
+
+    def base_size(self, path: str) -> int: ...
+
+
+def data_path(objects: str, fid: int) -> str:
+    return os.path.join(objects, str(fid))
+
+
+def map_path(objects: str, fid: int) -> str:
+    return os.path.join(objects, f"{fid}.map")
+
+
+class Obj:
+    """One open object."""
+
+    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty")
+
+    def __init__(self, fid: int, origin: str | None, fd: int, size: int, bm: BlockMap | None):
+        self.fid = fid
+        self.origin = origin
+        self.fd = fd
+        self.size = size
+        self.map = bm
+        self.slot = -1
+        self.dirty = False
+
+
+def _pread_full(fd: int, length: int, off: int) -> bytes:
+    out = os.pread(fd, length, off)
+    if len(out) == length or not out:
+        return out
+    parts = [out]
+    got = len(out)
+    while got < length:
+        more = os.pread(fd, length - got, off + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _pwrite_full(fd: int, data: bytes | memoryview, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
+
+
+class ObjectStore:
+    """The objects of one worker (or of a test), over a base reader."""
+
+    def __init__(
+        self,
+        objects_dir: str,
+        base: BaseReader,
+        block_size: int = 8192,
+        region: Region | None = None,
+        max_open: int = 512,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dir = objects_dir
+        self.base = base
+        self.bs = block_size
+        self.region = region
+        self.max_open = max_open
+        self.log = log or (lambda _m: None)
+        self._objs: OrderedDict[int, Obj] = OrderedDict()
+        self._lock = threading.Lock()
+        self._region_lock = threading.Lock()
+
+    # -- object table ------------------------------------------------------------
+
+    def _get(self, fid: int, origin: str | None) -> Obj:
+        with self._lock:
+            obj = self._objs.get(fid)
+            if obj is not None:
+                self._objs.move_to_end(fid)
+                return obj
+        obj = self._open(fid, origin)
+        with self._lock:
+            self._objs[fid] = obj
+            self._evict()
+        return obj
+
+    def _evict(self) -> None:
+        if len(self._objs) <= self.max_open:
+            return
+        for fid in list(self._objs):
+            if len(self._objs) <= self.max_open:
+                break
+            obj = self._objs[fid]
+            if obj.dirty or (obj.map is not None and obj.map.dirty):
+                continue
+            del self._objs[fid]
+            self._close(obj, release_slot=False)
+
+    def _open(self, fid: int, origin: str | None) -> Obj:
+        dpath = data_path(self.dir, fid)
+        bm: BlockMap | None = None
+        if origin is not None:
+            mpath = map_path(self.dir, fid)
+            try:
+                bm = BlockMap.load(mpath)
+            except FileNotFoundError:
+                bm = None
+            except MapFormatError as exc:
+                # A map we cannot trust: start over from the backup (never guess).
+                self.log(f"object {fid}: {exc}; starting again from the backup")
+                bm = None
+            if bm is None:
+                # Map first, then the data file: a data file never exists without its map.
+                base_size = self.base.base_size(origin)
+                bm = BlockMap.create(mpath, origin, base_size, self.bs)
+                fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                os.ftruncate(fd, base_size)
+            else:
+                try:
+                    fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    os.ftruncate(fd, bm.base_size)
+        else:
+            fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        size = os.fstat(fd).st_size
+        obj = Obj(fid, origin, fd, size, bm)
+        if bm is not None:
+            bm.clamp(size)
+            self._publish(obj)
+        return obj
+
+    def _publish(self, obj: Obj) -> None:
+        bm = obj.map
+        if self.region is None or bm is None:
+            return
+        with self._region_lock:
+            obj.slot = self.region.publish(obj.slot, obj.fid, bm.bits, bm.horizon)
+
+        def mirror(lo: int, hi: int, obj: Obj = obj) -> None:
+            assert obj.map is not None and self.region is not None
+            with self._region_lock:
+                obj.slot = self.region.update(
+                    obj.slot, obj.fid, obj.map.bits, lo, hi, obj.map.horizon
+                )
+
+        bm.on_change = mirror
+
+    def _close(self, obj: Obj, release_slot: bool) -> None:
+        os.close(obj.fd)
+        if obj.map is not None:
+            obj.map.close()
+        if release_slot and self.region is not None:
+            with self._region_lock:
+                self.region.release(obj.slot)
+            obj.slot = -1
+
+    # -- reading ---------------------------------------------------------------
+
+    def read_base(self, origin: str, size: int, off: int, length: int) -> bytes:
+        """Bytes of a file that lives only in the backup (no object yet)."""
+        if off >= size or length <= 0:
+            return b""
+        length = min(length, size - off)
+        data = self.base.read(origin, off, length)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data
+
+    def read(self, fid: int, origin: str | None, off: int, length: int) -> bytes:
+        obj = self._get(fid, origin)
+        if off >= obj.size or length <= 0:
+            return b""
+        length = min(length, obj.size - off)
+        bm = obj.map
+        if bm is None:
+            return self._pad(_pread_full(obj.fd, length, off), length)
+        bs = self.bs
+        end = off + length
+        parts: list[bytes] = []
+        pos = off
+        while pos < end:
+            b = pos // bs
+            in_diff = bm.has(b)
+            run_end = min(end, (b + 1) * bs)
+            nb = b + 1
+            while run_end < end and bm.has(nb) == in_diff:
+                run_end = min(end, (nb + 1) * bs)
+                nb += 1
+            n = run_end - pos
+            if in_diff:
+                chunk = self._pad(_pread_full(obj.fd, n, pos), n)
+            else:
+                assert obj.origin is not None
+                chunk = self._pad(self.base.read(obj.origin, pos, n), n)
+            parts.append(chunk)
+            pos = run_end
+        return b"".join(parts)
+
+    @staticmethod
+    def _pad(data: bytes, n: int) -> bytes:
+        return data if len(data) >= n else data + bytes(n - len(data))
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, fid: int, origin: str | None, off: int, data: bytes) -> Obj:
+        obj = self._get(fid, origin)
+        if not data:
+            return obj
+        end = off + len(data)
+        new_size = max(obj.size, end)
+        bm = obj.map
+        bs = self.bs
+        if bm is None or (off // bs >= bm.horizon):
+            _pwrite_full(obj.fd, data, off)
+        else:
+            view = memoryview(data)
+            pos = off
+            direct_start = -1
+            while pos < end:
+                b = pos // bs
+                bstart = b * bs
+                bend = bstart + bs
+                chunk_end = min(end, bend)
+                if bm.has(b):
+                    if direct_start < 0:
+                        direct_start = pos
+                    pos = chunk_end
+                    continue
+                if direct_start >= 0:
+                    _pwrite_full(obj.fd, view[direct_start - off : pos - off], direct_start)
+                    direct_start = -1
+                # First write into a backup block: bring the block in (read-modify-write).
+                if pos == bstart and chunk_end == bend:
+                    _pwrite_full(obj.fd, view[pos - off : chunk_end - off], pos)
+                else:
+                    assert obj.origin is not None
+                    block = bytearray(self._pad(self.base.read(obj.origin, bstart, bs), bs))
+                    block[pos - bstart : chunk_end - bstart] = view[pos - off : chunk_end - off]
+                    limit = min(bs, max(new_size, chunk_end) - bstart)
+                    _pwrite_full(obj.fd, memoryview(block)[:limit], bstart)
+                bm.mark(b, b)  # after the data: never a bit without its block
+                pos = chunk_end
+            if direct_start >= 0:
+                _pwrite_full(obj.fd, view[direct_start - off : end - off], direct_start)
+        obj.size = new_size
+        obj.dirty = True
+        return obj
+
+    def truncate(self, fid: int, origin: str | None, size: int) -> Obj:
+        obj = self._get(fid, origin)
+        bm = obj.map
+        bs = self.bs
+        if size < obj.size and bm is not None:
+            new_h = blocks_for(size, bs)
+            if new_h < bm.horizon:
+                k = size // bs
+                if size % bs and not bm.has(k):
+                    assert obj.origin is not None
+                    block = self._pad(self.base.read(obj.origin, k * bs, bs), bs)
+                    _pwrite_full(obj.fd, block[: min(bs, obj.size - k * bs)], k * bs)
+                    bm.mark(k, k)
+                    os.fdatasync(obj.fd)
+                    bm.sync()
+                os.ftruncate(obj.fd, size)
+                obj.size = size
+                obj.dirty = True
+                bm.set_horizon(new_h)
+                bm.sync()
+                return obj
+        os.ftruncate(obj.fd, size)
+        obj.size = size
+        obj.dirty = True
+        return obj
+
+    def fsync(self, fid: int, datasync: bool) -> Obj | None:
+        with self._lock:
+            obj = self._objs.get(fid)
+        if obj is None:
+            return None  # not open here: nothing written since it was last made durable
+        if obj.dirty:
+            obj.dirty = False
+            try:
+                (os.fdatasync if datasync else os.fsync)(obj.fd)
+            except OSError:
+                obj.dirty = True
+                raise
+        if obj.map is not None:
+            obj.map.sync()
+        return obj
+
+    def remove(self, fid: int) -> None:
+        with self._lock:
+            obj = self._objs.pop(fid, None)
+        if obj is not None:
+            self._close(obj, release_slot=True)
+        for p in (data_path(self.dir, fid), map_path(self.dir, fid)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def sync_all(self) -> None:
+        with self._lock:
+            objs = list(self._objs.values())
+        for obj in objs:
+            self.fsync(obj.fid, datasync=False)
+
+    def close_all(self) -> None:
+        with self._lock:
+            objs = list(self._objs.values())
+            self._objs.clear()
+        for obj in objs:
+            self._close(obj, release_slot=True)
+
+    def slot_of(self, obj: Obj) -> int:
+        return obj.slot
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._objs)
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a failed request reports to the kernel."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

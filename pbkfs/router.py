@@ -1,0 +1,266 @@
+"""The frontend's side of the worker processes: start them, route, match replies.
+
+Content operations on inode i go to worker i % N over its stdin pipe; replies
+come back on its stdout pipe, matched by request id, so any number of requests
+can be in flight. `submit` enqueues synchronously (and usually writes the frame
+at once), so the order in which the frontend decides operations on an inode is
+the order its worker receives them: that is what makes per-inode FIFO hold
+end to end.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from pbkfs import protocol as P
+from pbkfs.source import SourceSpec
+
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
+
+
+class WorkerSpec(msgspec.Struct):
+    """Everything a worker needs, passed as one JSON argument."""
+
+    index: int
+    source: SourceSpec
+    objects: str
+    shm: str
+    threads: int = 8
+
+
+class WorkerDied(Exception):
+    """A worker exited or closed its pipe."""
+
+
+class Call:
+    """One request in flight."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: P.Reply | None = None
+
+    async def wait(self) -> P.Reply:
+        await self.event.wait()
+        assert self.reply is not None
+        return self.reply
+
+
+class WorkerConn:
+    """Pipes to one worker process."""
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes]) -> None:
+        self.index = index
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self.wfd = os.dup(proc.stdin.fileno())
+        self.rfd = os.dup(proc.stdout.fileno())
+        proc.stdin.close()
+        proc.stdout.close()
+        for fd in (self.wfd, self.rfd):
+            os.set_blocking(fd, False)
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
+        self.out = bytearray()
+        self.out_event = trio.Event()
+        self.pending: dict[int, Call] = {}
+        self.alive = True
+        self.ready = trio.Event()
+        self.pid = proc.pid
+        self.sent = 0
+
+    def submit(self, rid: int, frame: bytes) -> Call:
+        if not self.alive:
+            raise WorkerDied(f"worker {self.index} is not running")
+        call = Call()
+        self.pending[rid] = call
+        self.sent += 1
+        if not self.out:
+            try:
+                n = os.write(self.wfd, frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                n = 0
+            if n == len(frame):
+                return call
+            frame = frame[n:]
+        self.out += frame
+        self.out_event.set()
+        return call
+
+    async def writer(self) -> None:
+        while self.alive:
+            await self.out_event.wait()
+            self.out_event = trio.Event()
+            while self.out:
+                await trio.lowlevel.wait_writable(self.wfd)
+                try:
+                    n = os.write(self.wfd, self.out)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._die()
+                    return
+                del self.out[:n]
+
+    async def reader(self, on_death: Callable[[WorkerConn], None]) -> None:
+        buf = P.FrameBuffer()
+        decode = P.reply_decoder.decode
+        while True:
+            await trio.lowlevel.wait_readable(self.rfd)
+            try:
+                chunk = os.read(self.rfd, 1 << 20)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._die()
+                on_death(self)
+                return
+            for body in buf.feed(chunk):
+                reply = decode(body)
+                if isinstance(reply, P.Ready):
+                    self.ready.set()
+                    continue
+                call = self.pending.pop(reply.rid, None)
+                if call is not None:
+                    call.reply = reply
+                    call.event.set()
+
+    def _die(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        pending, self.pending = self.pending, {}
+        for rid, call in pending.items():
+            call.reply = P.Err(rid, errno.EIO, f"worker {self.index} (pid {self.pid}) exited")
+            call.event.set()
+        self.out_event.set()
+
+    def close(self) -> None:
+        for fd in (self.wfd, self.rfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Router:
+    """N workers; `submit(ino, req)` routes by inode."""
+
+    def __init__(
+        self,
+        n: int,
+        source: SourceSpec,
+        objects: str,
+        shm: str,
+        threads: int = 8,
+        log: Callable[[str], None] | None = None,
+        stderr: int | None = None,
+    ) -> None:
+        if n < 1:
+            raise ValueError("need at least one worker")
+        self.n = n
+        self.specs = [WorkerSpec(i, source, objects, shm, threads) for i in range(n)]
+        self.conns: list[WorkerConn] = []
+        self._rid = 0
+        self.log = log or (lambda _m: None)
+        self.stderr = stderr
+        self.stopping = False
+
+    def worker_of(self, ino: int) -> int:
+        return ino % self.n
+
+    def rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    def _spawn(self, spec: WorkerSpec) -> subprocess.Popen[bytes]:
+        arg = msgspec.json.encode(spec).decode()
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers", arg],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            close_fds=True,
+            start_new_session=False,
+        )
+
+    async def start(self, nursery: trio.Nursery, timeout: float = 120.0) -> None:
+        """Start every worker and wait until each has opened its view."""
+        for spec in self.specs:
+            conn = WorkerConn(spec.index, self._spawn(spec))
+            self.conns.append(conn)
+            nursery.start_soon(conn.writer)
+            nursery.start_soon(conn.reader, self._on_death)
+        with trio.move_on_after(timeout) as scope:
+            for conn in self.conns:
+                while not conn.ready.is_set():
+                    if not conn.alive:
+                        raise WorkerDied(
+                            f"worker {conn.index} exited during start-up "
+                            f"(status {conn.proc.poll()}); see the log"
+                        )
+                    with trio.move_on_after(0.05):
+                        await conn.ready.wait()
+        if scope.cancelled_caught:
+            raise WorkerDied(f"workers did not start within {timeout:.0f} s")
+
+    def _on_death(self, conn: WorkerConn) -> None:
+        if not self.stopping:
+            self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
+                     f"{conn.proc.poll()}; its requests fail with EIO")
+
+    def submit(self, ino: int, req: P.Msg) -> Call:
+        conn = self.conns[ino % self.n]
+        try:
+            return conn.submit(req.rid, P.encode(req))
+        except WorkerDied as exc:
+            call = Call()
+            call.reply = P.Err(req.rid, errno.EIO, str(exc))
+            call.event.set()
+            return call
+
+    async def call(self, ino: int, req: P.Msg) -> P.Reply:
+        return await self.submit(ino, req).wait()
+
+    async def shutdown(self, timeout: float = 600.0) -> None:
+        """Ask every worker to finish, sync and exit; wait for them."""
+        self.stopping = True
+        calls = []
+        for conn in self.conns:
+            if conn.alive:
+                rid = self.rid()
+                calls.append(conn.submit(rid, P.encode(P.Shutdown(rid))))
+        with trio.move_on_after(timeout):
+            for c in calls:
+                await c.wait()
+        for conn in self.conns:
+            await trio.to_thread.run_sync(_reap, conn.proc)
+            conn._die()
+            conn.close()
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.conns]
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

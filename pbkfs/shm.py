@@ -1,0 +1,225 @@
+"""Shared-memory block maps of a live mount (posix_ipc), one segment per mount.
+
+The segment is a cache of the persisted maps (`blockmap.py`), published so the
+frontend can serve reads of blocks already in the diff without a worker round
+trip, and so tools can inspect a live mount. Each worker owns one region and is
+its only writer; everyone else only reads.
+
+Layout (little-endian):
+
+* offset 0, 4096 bytes: segment header: magic, version, workers, region size,
+  block size, slots per region.
+* region w at 4096 + w * region_size:
+  * 64 bytes: region header (slots in use high-water mark, heap bytes used);
+  * `slots` entries of 32 bytes: fid (0 = free), heap offset (absolute in the
+    segment), bitmap capacity in bytes, horizon;
+  * the heap: one bitmap per object, same bit order as the map file.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+import posix_ipc
+
+MAGIC = b"PBKFSSHM"
+VERSION = 1
+SEG_HEADER = struct.Struct("<8sIIQII")  # magic, version, workers, region_size, block, slots
+SEG_HEADER_SIZE = 4096
+REGION_HEADER = struct.Struct("<QQ")  # slots high-water, heap used
+REGION_HEADER_SIZE = 64
+ENTRY = struct.Struct("<QQQQ")  # fid, heap offset, capacity bytes, horizon
+DEFAULT_SLOTS = 16384
+DEFAULT_REGION = 64 << 20
+MIN_CAPACITY = 64
+
+
+def table_offset(worker: int, region_size: int) -> int:
+    return SEG_HEADER_SIZE + worker * region_size + REGION_HEADER_SIZE
+
+
+class Segment:
+    """A mapped segment (creator or reader)."""
+
+    def __init__(self, name: str, buf: mmap.mmap, created: bool) -> None:
+        self.name = name
+        self.buf = buf
+        self.created = created
+        magic, version, workers, region_size, block_size, slots = SEG_HEADER.unpack_from(buf, 0)
+        if magic != MAGIC or version != VERSION:
+            raise ValueError(f"shared memory {name}: not a pbkfs block-map segment")
+        self.workers = workers
+        self.region_size = region_size
+        self.block_size = block_size
+        self.slots = slots
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        workers: int,
+        block_size: int,
+        region_size: int = DEFAULT_REGION,
+        slots: int = DEFAULT_SLOTS,
+    ) -> Segment:
+        size = SEG_HEADER_SIZE + workers * region_size
+        mem = posix_ipc.SharedMemory(name, flags=posix_ipc.O_CREX, mode=0o600, size=size)
+        try:
+            buf = mmap.mmap(mem.fd, size)
+        finally:
+            mem.close_fd()
+        SEG_HEADER.pack_into(buf, 0, MAGIC, VERSION, workers, region_size, block_size, slots)
+        return cls(name, buf, True)
+
+    @classmethod
+    def attach(cls, name: str, writable: bool = False) -> Segment:
+        mem = posix_ipc.SharedMemory(name)
+        try:
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            buf = mmap.mmap(mem.fd, mem.size, prot=prot)
+        finally:
+            mem.close_fd()
+        return cls(name, buf, False)
+
+    def close(self) -> None:
+        try:
+            self.buf.close()
+        except BufferError:
+            pass
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    # -- reading (frontend, tools) ----------------------------------------------
+
+    def entry(self, worker: int, slot: int) -> tuple[int, int, int, int]:
+        """(fid, heap offset, capacity bytes, horizon) of a slot."""
+        return ENTRY.unpack_from(
+            self.buf, table_offset(worker, self.region_size) + slot * ENTRY.size
+        )
+
+    def covered(self, worker: int, slot: int, fid: int, first: int, last: int) -> bool:
+        """Are blocks first..last of `fid` all in the diff (bit set or past the horizon)?"""
+        efid, off, cap, horizon = self.entry(worker, slot)
+        if efid != fid:
+            return False
+        if first >= horizon:
+            return True
+        buf = self.buf
+        top = min(last, horizon - 1)
+        if (top >> 3) >= cap:
+            return False
+        for b in range(first, top + 1):
+            if not buf[off + (b >> 3)] & (1 << (b & 7)):
+                return False
+        return True
+
+    def entries(self, worker: int) -> list[tuple[int, int, int, int, int]]:
+        """Every used slot of a worker's region: (slot, fid, off, cap, horizon)."""
+        base = SEG_HEADER_SIZE + worker * self.region_size
+        high, _used = REGION_HEADER.unpack_from(self.buf, base)
+        out = []
+        for s in range(high):
+            fid, off, cap, horizon = self.entry(worker, s)
+            if fid:
+                out.append((s, fid, off, cap, horizon))
+        return out
+
+
+class Region:
+    """A worker's writable part of the segment: slot table and bitmap heap."""
+
+    def __init__(self, seg: Segment, worker: int) -> None:
+        self.seg = seg
+        self.worker = worker
+        self.base = SEG_HEADER_SIZE + worker * seg.region_size
+        self.table = self.base + REGION_HEADER_SIZE
+        self.heap = self.table + seg.slots * ENTRY.size
+        self.end = self.base + seg.region_size
+        self.high, used = REGION_HEADER.unpack_from(seg.buf, self.base)
+        self.bump = self.heap + used
+        self.free_slots: list[int] = []
+        self.free_space: list[tuple[int, int]] = []  # (offset, capacity)
+
+    def _header(self) -> None:
+        REGION_HEADER.pack_into(self.seg.buf, self.base, self.high, self.bump - self.heap)
+
+    def _alloc_space(self, need: int) -> int | None:
+        cap = MIN_CAPACITY
+        while cap < need:
+            cap <<= 1
+        for i, (off, c) in enumerate(self.free_space):
+            if c == cap:
+                del self.free_space[i]
+                self.seg.buf[off : off + cap] = bytes(cap)
+                return off
+        if self.bump + cap > self.end:
+            return None
+        off = self.bump
+        self.bump += cap
+        self._header()
+        return off
+
+    @staticmethod
+    def _cap(need: int) -> int:
+        cap = MIN_CAPACITY
+        while cap < need:
+            cap <<= 1
+        return cap
+
+    def publish(self, slot: int, fid: int, bits: bytes | bytearray, horizon: int) -> int:
+        """Create or refresh the slot of `fid` with a whole bitmap; returns the slot or -1."""
+        buf = self.seg.buf
+        if slot >= 0:
+            efid, off, cap, _h = self.seg.entry(self.worker, slot)
+            if efid == fid and cap >= len(bits):
+                buf[off : off + len(bits)] = bits
+                ENTRY.pack_into(buf, self.table + slot * ENTRY.size, fid, off, cap, horizon)
+                return slot
+            self.release(slot)
+        need = max(len(bits), 1)
+        got = self._alloc_space(need)
+        if got is None:
+            return -1
+        off = got
+        cap = self._cap(need)
+        buf[off : off + len(bits)] = bits
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        elif self.high < self.seg.slots:
+            slot = self.high
+            self.high += 1
+            self._header()
+        else:
+            self.free_space.append((off, cap))
+            return -1
+        ENTRY.pack_into(buf, self.table + slot * ENTRY.size, fid, off, cap, horizon)
+        return slot
+
+    def update(
+        self, slot: int, fid: int, bits: bytes | bytearray, lo: int, hi: int, horizon: int
+    ) -> int:
+        """Copy bitmap bytes lo..hi-1 and the horizon; grows (moves) the bitmap if needed."""
+        if slot < 0:
+            return self.publish(slot, fid, bits, horizon)
+        efid, off, cap, h = self.seg.entry(self.worker, slot)
+        if efid != fid or hi > cap:
+            return self.publish(slot, fid, bits, horizon)
+        if hi > lo:
+            self.seg.buf[off + lo : off + hi] = bits[lo:hi]
+        if h != horizon:
+            ENTRY.pack_into(self.seg.buf, self.table + slot * ENTRY.size, fid, off, cap, horizon)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot < 0:
+            return
+        efid, off, cap, _h = self.seg.entry(self.worker, slot)
+        ENTRY.pack_into(self.seg.buf, self.table + slot * ENTRY.size, 0, 0, 0, 0)
+        if efid:
+            self.free_space.append((off, cap))
+            self.free_slots.append(slot)

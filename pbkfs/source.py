@@ -1,0 +1,129 @@
+"""What a mount serves: a backup chain view, or (for tests and tools) a plain directory.
+
+Both the frontend (names, modes, sizes) and every worker (content) open the
+same source from the same `SourceSpec`, each in its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from pbkfs.errors import UsageError
+
+
+class SourceSpec(msgspec.Struct, frozen=True):
+    """Where the base content comes from; recorded in the diff's binding."""
+
+    kind: str  # "catalog" or "plain"
+    store: str = ""
+    instance: str = ""
+    backup_id: str = ""
+    path: str = ""  # kind == "plain": the directory
+
+
+class PlainEntry(msgspec.Struct, frozen=True):
+    """Same fields as pbkfs.view.ViewEntry."""
+
+    path: str
+    kind: str
+    mode: int
+    size: int
+    is_datafile: bool = False
+    target: str = ""
+
+
+class PlainView:
+    """A directory tree read as if it were a backup (read-only, thread-safe)."""
+
+    block_size = 8192
+
+    def __init__(self, root: str) -> None:
+        if not os.path.isdir(root):
+            raise UsageError(f"{root}: not a directory")
+        self.root = os.path.abspath(root)
+        self.backup_id = "plain"
+        self.chain: list[Any] = []
+        self._entries: dict[str, PlainEntry] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel
+            for name in dirnames + filenames:
+                path = f"{rel}/{name}" if rel else name
+                st = os.lstat(os.path.join(dirpath, name))
+                mode = stat.S_IMODE(st.st_mode)
+                if stat.S_ISDIR(st.st_mode):
+                    e = PlainEntry(path, "d", mode, 0)
+                elif stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(os.path.join(dirpath, name))
+                    e = PlainEntry(path, "l", mode, 0, target=target)
+                elif stat.S_ISREG(st.st_mode):
+                    e = PlainEntry(path, "f", mode, st.st_size)
+                else:
+                    continue
+                self._entries[path] = e
+
+    def entries(self) -> Iterator[PlainEntry]:
+        for path in sorted(self._entries):
+            yield self._entries[path]
+
+    def entry(self, path: str) -> PlainEntry | None:
+        if path == "":
+            return PlainEntry("", "d", 0o700, 0)
+        return self._entries.get(path)
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        e = self._entries.get(path)
+        if e is None or e.kind != "f":
+            raise FileNotFoundError(path)
+        end = min(e.size, offset + length)
+        if offset >= end:
+            return b""
+        with open(os.path.join(self.root, path), "rb") as f:
+            f.seek(offset)
+            return f.read(end - offset)
+
+    def close(self) -> None:
+        pass
+
+
+class Source:
+    """A view plus the two calls the object store needs."""
+
+    def __init__(self, spec: SourceSpec, view: Any) -> None:
+        self.spec = spec
+        self.view = view
+        self.block_size: int = view.block_size
+
+    def entries(self) -> Iterator[Any]:
+        return iter(self.view.entries())
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        return bytes(self.view.read(path, offset, length))
+
+    def base_size(self, path: str) -> int:
+        e = self.view.entry(path)
+        if e is None:
+            raise FileNotFoundError(path)
+        return int(e.size)
+
+    def chain_ids(self) -> list[str]:
+        return [b.id for b in getattr(self.view, "chain", [])]
+
+    def close(self) -> None:
+        self.view.close()
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """Open the view a spec names (raises pbkfs.errors.* with a clear message)."""
+    if spec.kind == "plain":
+        return Source(spec, PlainView(spec.path))
+    if spec.kind == "catalog":
+        from pbkfs.view import open_view
+
+        return Source(spec, open_view(spec.store, spec.instance, spec.backup_id))
+    raise UsageError(f"unknown source kind {spec.kind!r}")

@@ -1,0 +1,372 @@
+"""The file system's operations, independent of FUSE.
+
+`Vfs` answers what the kernel asks, with inode numbers, names as `str` and
+`FsError(errno)` for failures; `fuseops.py` only converts to pyfuse3 types.
+Names and attributes come from the namespace in this process. Content goes
+to the inode's worker, except reads the frontend can serve itself: a file
+created in the mount, or a backup file whose requested blocks are all in the
+diff (checked in the worker's shared-memory block map), read with one `pread`
+of the diff file, when no write, truncate or fsync of that inode is in flight
+(so a read never overtakes a write of its inode).
+
+Sizes are decided here, in request order, before the request goes to the
+worker: an answer about size always reflects every write already accepted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import trio
+
+from pbkfs import protocol as P
+from pbkfs.diffstore import data_path
+from pbkfs.journal import JournalDir
+from pbkfs.namespace import FsError, Namespace, Node
+from pbkfs.router import Router
+from pbkfs.shm import Segment
+
+
+class Handle:
+    __slots__ = ("node", "flags")
+
+    def __init__(self, node: Node, flags: int) -> None:
+        self.node = node
+        self.flags = flags
+
+
+class Stats:
+    """Counters (read by `pbkfs stat` later; cheap increments now)."""
+
+    def __init__(self) -> None:
+        self.reads_hot = 0
+        self.reads_worker = 0
+        self.writes = 0
+        self.bytes_written = 0
+        self.fsyncs = 0
+        self.journal_syncs = 0
+
+
+class Vfs:
+    def __init__(
+        self,
+        ns: Namespace,
+        router: Router,
+        objects_dir: str,
+        journal: JournalDir,
+        segment: Segment | None,
+        statfs_path: str,
+        log: Callable[[str], None] | None = None,
+        max_fds: int = 256,
+    ) -> None:
+        self.ns = ns
+        self.router = router
+        self.objects = objects_dir
+        self.journal = journal
+        self.seg = segment
+        self.statfs_path = statfs_path
+        self.log = log or (lambda _m: None)
+        self.bs = 8192
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, list[tuple[str, Node]]] = {}
+        self.next_fh = 1
+        self.fds: OrderedDict[int, int] = OrderedDict()
+        self.max_fds = max_fds
+        self.stats = Stats()
+        self.journal_lock = trio.Lock()
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _fh(self, obj: Handle | list[tuple[str, Node]]) -> int:
+        fh = self.next_fh
+        self.next_fh += 1
+        if isinstance(obj, Handle):
+            self.handles[fh] = obj
+        else:
+            self.dirs[fh] = obj
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF, f"file handle {fh}")
+        return h
+
+    def _reply(self, reply: P.Reply, what: str) -> P.Reply:
+        if isinstance(reply, P.Err):
+            if reply.errno == errno.EIO:
+                self.log(f"{what}: {reply.message}")
+            raise FsError(reply.errno, reply.message)
+        return reply
+
+    def _freed(self, fid: int | None, ino: int) -> None:
+        """An object nobody can reach any more: delete its diff files (in its inode's FIFO)."""
+        if fid is None:
+            return
+        fd = self.fds.pop(fid, None)
+        if fd is not None:
+            os.close(fd)
+        self.router.submit(ino, P.Remove(self.router.rid(), ino, fid))
+
+    def _settle(self, node: Node) -> None:
+        self._freed(self.ns.maybe_free(node), node.ino)
+
+    def _objfd(self, fid: int) -> int | None:
+        fd = self.fds.get(fid)
+        if fd is not None:
+            self.fds.move_to_end(fid)
+            return fd
+        try:
+            fd = os.open(data_path(self.objects, fid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        self.fds[fid] = fd
+        while len(self.fds) > self.max_fds:
+            _old, ofd = self.fds.popitem(last=False)
+            os.close(ofd)
+        return fd
+
+    # -- names ------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: str) -> Node:
+        return self.ns.lookup(parent, name)
+
+    def lookup_or_none(self, parent: int, name: str) -> Node | None:
+        node = self.ns.child(parent, name)
+        if node is not None:
+            node.lookups += 1
+        return node
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            node = self.ns.inodes.get(ino)
+            fid = self.ns.forget(ino, n)
+            if node is not None:
+                self._freed(fid, ino)
+
+    def getattr(self, ino: int) -> Node:
+        return self.ns.get(ino)
+
+    def readlink(self, ino: int) -> str:
+        node = self.ns.get(ino)
+        if node.kind != "l":
+            raise FsError(errno.EINVAL, "not a symlink")
+        return node.target
+
+    def mknod(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        if not stat.S_ISREG(mode) and stat.S_IFMT(mode) != 0:
+            raise FsError(errno.EPERM, "only regular files can be created")
+        return self.ns.create(parent, name, "f", mode, uid, gid)
+
+    def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        return self.ns.create(parent, name, "d", mode, uid, gid)
+
+    def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Node:
+        return self.ns.create(parent, name, "l", 0o777, uid, gid, target=target)
+
+    def unlink(self, parent: int, name: str) -> None:
+        node, fid = self.ns.unlink(parent, name)
+        self._freed(fid, node.ino)
+
+    def rmdir(self, parent: int, name: str) -> None:
+        self.ns.rmdir(parent, name)
+
+    def rename(self, p1: int, n1: str, p2: int, n2: str, flags: int) -> None:
+        target = self.ns.child(p2, n2)
+        _node, fid = self.ns.rename(p1, n1, p2, n2, flags)
+        if target is not None:
+            self._freed(fid, target.ino)
+
+    def link(self, ino: int, parent: int, name: str) -> Node:
+        return self.ns.link(ino, parent, name)
+
+    # -- attributes ---------------------------------------------------------------
+
+    async def setattr(
+        self,
+        ino: int,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        node = self.ns.get(ino)
+        if mode is not None or uid is not None or gid is not None:
+            self.ns.chattr(node, mode, uid, gid)
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        if size is not None:
+            if node.kind == "d":
+                raise FsError(errno.EISDIR, "truncate of a directory")
+            if node.kind != "f":
+                raise FsError(errno.EINVAL, "truncate of a symlink")
+            await self.truncate(node, size)
+        return node
+
+    async def truncate(self, node: Node, size: int) -> None:
+        if size < 0:
+            raise FsError(errno.EINVAL, "negative size")
+        if node.fid is None and size == node.size:
+            return
+        fid = self.ns.bind(node)
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.inflight += 1
+        try:
+            call = self.router.submit(
+                node.ino, P.Truncate(self.router.rid(), node.ino, fid, node.origin, size)
+            )
+            reply = self._reply(await call.wait(), f"truncate {self._name(node)}")
+        finally:
+            node.inflight -= 1
+            self._settle(node)
+        assert isinstance(reply, P.Done)
+        node.slot = reply.slot
+
+    def _name(self, node: Node) -> str:
+        return self.ns.path_of(node) or f"<unlinked inode {node.ino}>"
+
+    # -- files -------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int) -> int:
+        node = self.ns.get(ino)
+        if node.kind == "d":
+            raise FsError(errno.EISDIR, "open of a directory")
+        if node.kind != "f":
+            raise FsError(errno.ELOOP, "open of a symlink")
+        node.opens += 1
+        return self._fh(Handle(node, flags))
+
+    def create(
+        self, parent: int, name: str, mode: int, flags: int, uid: int, gid: int
+    ) -> tuple[int, Node]:
+        node = self.ns.create(parent, name, "f", mode, uid, gid)
+        node.opens += 1
+        return self._fh(Handle(node, flags)), node
+
+    async def read(self, fh: int, off: int, length: int) -> bytes:
+        node = self._handle(fh).node
+        size = node.size
+        if off >= size or length <= 0:
+            return b""
+        length = min(length, size - off)
+        fid = node.fid
+        if fid is not None and node.inflight == 0:
+            hot = node.origin is None
+            if not hot and node.slot >= 0 and self.seg is not None:
+                hot = self.seg.covered(
+                    self.router.worker_of(node.ino), node.slot, fid,
+                    off // self.bs, (off + length - 1) // self.bs,
+                )
+            if hot:
+                fd = self._objfd(fid)
+                if fd is not None:
+                    data = os.pread(fd, length, off)
+                    if len(data) == length:
+                        self.stats.reads_hot += 1
+                        return data
+        self.stats.reads_worker += 1
+        rid = self.router.rid()
+        req = P.Read(rid, node.ino, fid, node.origin, size, off, length)
+        call = self.router.submit(node.ino, req)
+        reply = self._reply(await call.wait(), f"read {self._name(node)} at {off}")
+        assert isinstance(reply, P.Data)
+        return reply.data
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        node = self._handle(fh).node
+        fid = self.ns.bind(node)
+        end = off + len(data)
+        if end > node.size:
+            node.size = end
+        node.inflight += 1
+        self.stats.writes += 1
+        self.stats.bytes_written += len(data)
+        try:
+            call = self.router.submit(
+                node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data)
+            )
+            reply = self._reply(await call.wait(), f"write {self._name(node)} at {off}")
+        finally:
+            node.inflight -= 1
+            self._settle(node)
+        assert isinstance(reply, P.Done)
+        node.slot = reply.slot
+        return len(data)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        node = self._handle(fh).node
+        await self.fsync_node(node, datasync)
+
+    async def fsync_node(self, node: Node, datasync: bool) -> None:
+        self.stats.fsyncs += 1
+        if node.fid is not None:
+            node.inflight += 1
+            try:
+                call = self.router.submit(
+                    node.ino, P.Fsync(self.router.rid(), node.ino, node.fid, datasync)
+                )
+                self._reply(await call.wait(), f"fsync {self._name(node)}")
+            finally:
+                node.inflight -= 1
+                self._settle(node)
+        # Its name (creation, backup-file binding, renames) must survive too.
+        if node.jpos > self.journal.synced:
+            await self.sync_journal()
+
+    async def sync_journal(self) -> None:
+        async with self.journal_lock:
+            if self.journal.appended > self.journal.synced:
+                self.stats.journal_syncs += 1
+                await trio.to_thread.run_sync(self.journal.sync)
+
+    async def flush(self, fh: int) -> None:
+        self._handle(fh)
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        h.node.opens -= 1
+        self._settle(h.node)
+
+    # -- directories ---------------------------------------------------------------
+
+    def opendir(self, ino: int) -> int:
+        node = self.ns.get(ino)
+        return self._fh(self.ns.dir_entries(node))
+
+    def readdir(self, fh: int) -> list[tuple[str, Node]]:
+        entries = self.dirs.get(fh)
+        if entries is None:
+            raise FsError(errno.EBADF, f"directory handle {fh}")
+        return entries
+
+    def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.sync_journal()
+
+    # -- misc ----------------------------------------------------------------------
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.statfs_path)
+
+    def access(self, ino: int, mode: int, uid: int, gids: list[int]) -> bool:
+        node = self.ns.get(ino)
+        return self.ns.allowed(node, mode, uid, gids)
+
+    def close_fds(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()

@@ -1,0 +1,50 @@
+"""Entry point: `python -m workers SPEC_JSON` (started by the frontend, never by hand).
+
+SPEC_JSON is a `pbkfs.router.WorkerSpec` in JSON. The worker opens its own view
+of the source, attaches its region of the mount's shared-memory segment,
+says Ready on stdout and serves requests until told to shut down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import msgspec
+
+from pbkfs import protocol as P
+from pbkfs.diffstore import ObjectStore
+from pbkfs.router import WorkerSpec
+from pbkfs.shm import Region, Segment
+from pbkfs.source import open_source
+from workers.handlers import Handlers
+from workers.loop import Worker, log_line
+
+
+def main(argv: list[str]) -> int:
+    spec = msgspec.json.decode(argv[1].encode(), type=WorkerSpec)
+    # The frontend decides when we stop (Shutdown or closed pipe); Ctrl-C in a
+    # foreground mount must not kill workers before they have synced.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def log(msg: str) -> None:
+        log_line(spec.index, msg)
+
+    try:
+        source = open_source(spec.source)
+    except Exception as exc:
+        log(f"cannot open the source: {exc}")
+        return 2
+    region = None
+    if spec.shm:
+        seg = Segment.attach(spec.shm, writable=True)
+        region = Region(seg, spec.index)
+    store = ObjectStore(spec.objects, source, source.block_size, region, log=log)
+    worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
+    worker.send(P.Ready(0, os.getpid(), spec.index))
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,98 @@
+"""The worker process: frames in on stdin, replies out on stdout.
+
+The main thread reads and decodes frames and appends each request to the
+FIFO of its inode; a pool of threads drains those FIFOs, at most one thread
+per inode at a time, so requests of one inode run strictly in arrival order
+while other inodes proceed (an fsync of one file does not stall reads of
+another). File I/O releases the GIL, so the threads overlap where it matters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from pbkfs import protocol as P
+from workers.handlers import Handlers
+
+
+class Worker:
+    def __init__(
+        self, handlers: Handlers, rfd: int = 0, wfd: int = 1, threads: int = 8, index: int = 0
+    ) -> None:
+        self.handlers = handlers
+        self.rfd = rfd
+        self.wfd = wfd
+        self.index = index
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pbkfs-io")
+        self.queues: dict[int, deque[P.Request]] = {}
+        self.qlock = threading.Lock()
+        self.wlock = threading.Lock()
+        self.handled = 0
+
+    def send(self, msg: P.Msg) -> None:
+        frame = memoryview(P.encode(msg))
+        with self.wlock:
+            while frame:
+                n = os.write(self.wfd, frame)
+                frame = frame[n:]
+
+    def _drain(self, ino: int) -> None:
+        while True:
+            with self.qlock:
+                q = self.queues[ino]
+                if not q:
+                    del self.queues[ino]
+                    return
+                req = q[0]
+            reply = self.handlers.handle(req)
+            with self.qlock:
+                q.popleft()
+            self.handled += 1
+            self.send(reply)
+
+    def submit(self, req: P.Request) -> None:
+        ino = getattr(req, "ino", 0)
+        with self.qlock:
+            q = self.queues.get(ino)
+            if q is not None:
+                q.append(req)
+                return
+            self.queues[ino] = deque([req])
+        self.pool.submit(self._drain, ino)
+
+    def run(self) -> int:
+        """Serve until Shutdown or end of input; returns the exit status."""
+        buf = P.FrameBuffer()
+        while True:
+            try:
+                chunk = os.read(self.rfd, 1 << 20)
+            except InterruptedError:
+                continue
+            if not chunk:
+                self._finish()
+                return 0
+            for body in buf.feed(chunk):
+                req = P.request_decoder.decode(body)
+                if isinstance(req, P.Shutdown):
+                    self._finish()
+                    self.send(P.Done(req.rid))
+                    return 0
+                self.submit(req)
+
+    def _finish(self) -> None:
+        """Let every queued request finish, then make everything durable."""
+        self.pool.shutdown(wait=True)
+        store = self.handlers.store
+        store.sync_all()
+        store.close_all()
+
+
+def log_line(index: int, msg: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write(f"{stamp} pbkfs worker {index} [{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
