@@ -8,6 +8,9 @@ never OK for an incomplete backup).
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tests.conftest import REPO, require
 from tests.support.postgres import PgCluster, pg_workdir, require_postgres, running_cluster
@@ -158,10 +162,12 @@ def test_status_is_running_while_written(env: Env) -> None:
             if not seen:
                 (backup,) = backup_dirs(store)
                 seen.append(status_of(backup))
+                seen.append((backup / "backup.pid").read_text())
 
     result = run_backup(store, "main", env.opts(mode="FULL", threads=1), Watch(quiet=True))
-    assert seen == ["RUNNING"]
+    assert seen == ["RUNNING", f"{os.getpid()}\n"]
     assert status_of(result.backup_dir) == "OK"
+    assert not (result.backup_dir / "backup.pid").exists()
 
 
 @contextlib.contextmanager
@@ -190,6 +196,7 @@ def test_disk_full_leaves_status_error(env: Env) -> None:
         (backup,) = backup_dirs(store)
         assert status_of(backup) == "ERROR"
         assert not (backup / "backup_content.control").exists()
+        assert not (backup / "backup.pid").exists()
     # the server ended the aborted backup itself: no WAL-retaining slot is left behind
     assert env.pg.psql("SELECT count(*) FROM pg_replication_slots") == "0"
 
@@ -208,3 +215,22 @@ def test_usage_errors(env: Env) -> None:
     r = mkbackup(*base, "-b", "FULL", "--stream", "-j", "0")
     assert r.returncode == 1 and "-j/--threads" in r.stderr
     assert backup_dirs(store) == []
+
+
+def test_progress_bar_on_a_terminal_only(env: Env) -> None:
+    store = env.new_store("progress")
+    out = io.StringIO()
+    term = Reporter(console=Console(file=out, force_terminal=True, width=120))
+    run_backup(store, "main", env.opts(mode="FULL"), term)
+    text = out.getvalue()
+    assert "Backing up" in text and "━" in text and "MB" in text
+    assert "INFO: backup start, instance: main" in text
+
+    r = mkbackup("backup", "-B", str(store), "--instance", "main", "-b", "DELTA", "--stream",
+                 *env.conn_args())
+    assert r.returncode == 0, r.stderr
+    assert "━" not in r.stderr  # not a terminal: plain lines only
+    lines = r.stderr.splitlines()
+    assert lines and all(line.startswith("INFO: ") for line in lines)
+    assert f"INFO: backup {r.stdout.strip()} completed" in r.stderr
+    assert re.fullmatch(r"[0-9A-Z]+\n", r.stdout)

@@ -177,8 +177,14 @@ class _Run:
         )
         self.backup_dir = self.inst.backups_dir / self.ctl.backup_id
         self.backup_dir.mkdir(mode=DIR_MODE)
+        # Like pg_probackup: a lock file naming the live writer, so readers keep away.
+        write_file(self.backup_dir / "backup.pid", f"{os.getpid()}\n", sync=False)
         self.database.mkdir(mode=DIR_MODE)
         self.write_control()
+
+    def unlock(self) -> None:
+        if self.backup_dir is not None:
+            (self.backup_dir / "backup.pid").unlink(missing_ok=True)
 
     def body(self, control: ControlData) -> list[ContentEntry]:
         assert self.ctl is not None and self.backup_dir is not None
@@ -352,6 +358,7 @@ class _Run:
         ctl.end_time = int(time.time())
         ctl.status = "OK"
         self.write_control()
+        self.unlock()
 
 
 def _human(n: int) -> str:
@@ -425,3 +432,4 @@ def _mark_error(run: _Run) -> None:
         run.write_control()
     except OSError as exc:
         run.reporter.warning(f"cannot mark backup {run.ctl.backup_id} as ERROR: {exc}")
+    run.unlock()

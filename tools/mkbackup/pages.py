@@ -1,7 +1,8 @@
-"""Per-page decisions: is this page sane, what is its LSN and checksum, how is it compressed.
+"""Per-page decisions: is this page whole, what are its LSN and checksum, how is it compressed.
 
-The checksum and pglz code are the project's shared codecs (C, via
-pbkfs.codecs); this module only adapts them to what a backup writer asks.
+The checks, the checksum and pglz are the project's shared codecs
+(pbkfs.codecs.pagecheck, pbkfs.codecs.pglz); this module only adapts them to
+the questions a backup writer asks.
 """
 
 from __future__ import annotations
@@ -11,17 +12,10 @@ import zlib
 from collections.abc import Callable
 from enum import Enum
 
-from pbkfs.codecs import _native
+from pbkfs.codecs import pglz
+from pbkfs.codecs.pagecheck import header_is_sane, page_checksum
 
-try:  # the shared page-check helpers, once present
-    from pbkfs.codecs import pagecheck as _pagecheck  # type: ignore[attr-defined]
-
-    _checksum: Callable[[bytes, int], int] = _pagecheck.page_checksum
-except (ImportError, AttributeError):
-    _checksum = _native.page_checksum
-
-_HEADER = struct.Struct("<IIHHHHHH")  # lsn hi/lo, checksum, flags, lower, upper, special, size+ver
-PAGE_HEADER_SIZE = 24
+_LSN_AND_CHECKSUM = struct.Struct("<IIH")  # pd_lsn (xlogid, xrecoff), pd_checksum
 
 
 class PageState(Enum):
@@ -31,49 +25,28 @@ class PageState(Enum):
     BAD_CHECKSUM = "bad checksum"
 
 
-def page_checksum(page: bytes, abs_blkno: int) -> int:
-    """pg_checksum_page() of `page` as block `abs_blkno` of its relation."""
-    return _checksum(page, abs_blkno)
-
-
 def inspect_page(
     page: bytes, abs_blkno: int, blcksz: int, zero_page: bytes, verify_checksum: bool
 ) -> tuple[PageState, int, int]:
     """(state, page LSN, computed checksum); LSN and checksum are 0 for an all-zero page.
 
-    The checks are those of pg_probackup's validate_one_page (format spec §6.2).
+    The checks are those of pg_probackup's validate_one_page (format spec §6.2);
+    the checksum is computed even without data checksums, for page_header_map.
     """
-    hi, lo, stored, flags, lower, upper, special, size_version = _HEADER.unpack_from(page)
-    sane = (
-        size_version & 0xFF00 == blcksz
-        and flags & ~0x0007 == 0
-        and PAGE_HEADER_SIZE <= lower <= upper <= special <= blcksz
-        and special % 8 == 0
-    )
-    if not sane:
+    if not header_is_sane(page, blcksz):
         if page == zero_page:
             return PageState.ZERO, 0, 0
         return PageState.BAD_HEADER, 0, 0
-    computed = _checksum(page, abs_blkno)
+    hi, lo, stored = _LSN_AND_CHECKSUM.unpack_from(page)
+    computed = page_checksum(page, abs_blkno)
     if verify_checksum and computed != stored:
         return PageState.BAD_CHECKSUM, (hi << 32) | lo, computed
     return PageState.VALID, (hi << 32) | lo, computed
 
 
-def _pglz_compressor() -> Callable[[bytes], bytes | None]:
+def _pglz_always(page: bytes) -> bytes | None:
     """pglz with PGLZ_strategy_always, the strategy pg_probackup uses for pages."""
-    try:
-        from pbkfs.codecs import pglz
-    except ImportError:
-        return lambda page: _native.pglz_compress(page, always=True)
-
-    def compress(page: bytes) -> bytes | None:
-        try:
-            return pglz.compress(page, strategy="always")  # type: ignore[call-arg]
-        except TypeError:  # an API without strategies
-            return pglz.compress(page)
-
-    return compress
+    return pglz.compress(page, strategy="always")
 
 
 def make_compressor(alg: str, level: int) -> Callable[[bytes], bytes | None] | None:
@@ -83,5 +56,5 @@ def make_compressor(alg: str, level: int) -> Callable[[bytes], bytes | None] | N
     if alg == "zlib":
         return lambda page: zlib.compress(page, level)
     if alg == "pglz":
-        return _pglz_compressor()
+        return _pglz_always
     raise ValueError(f"unknown compression algorithm {alg!r}")
