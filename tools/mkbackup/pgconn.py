@@ -96,10 +96,13 @@ class PgConnection:
         self.conn.close()
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        """First row of `sql`; ServerError naming the server function that failed."""
         try:
             row = self.conn.execute(sql, params).fetchone()
         except psycopg.Error as exc:
-            raise ServerError(f"server refused {sql.split()[1]!r}...: {_first_line(exc)}") from None
+            m = re.search(r"pg_catalog\.(\w+)\(", sql)
+            what = m.group(1) + "()" if m else "query"
+            raise ServerError(f"{what} failed on the server: {_first_line(exc)}") from None
         if row is None:
             raise ServerError(f"no result from: {sql}")
         return tuple(row)
