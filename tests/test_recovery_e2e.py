@@ -22,6 +22,9 @@ import pytest
 from pbkfs.catalog.lsn import format_lsn
 from pbkfs.catalog.store import Store
 from pbkfs.recovery import (
+    RecoveryPlan,
+    RecoveryStatus,
+    RecoveryTarget,
     inspect_recovery_dir,
     parse_target,
     plan_recovery,
@@ -146,25 +149,29 @@ def wait_until_promoted(pg: PgCluster) -> None:
     raise AssertionError(f"server did not finish recovery:\n{pg.log_tail()}")
 
 
-@pytest.mark.parametrize("kind", ["immediate", "latest"])
-@pytest.mark.parametrize("backup_id", BACKUPS)
-def test_archive_backup_recovers_like_restore(fixtures_dir: Path, server_program: Path,
-                                              backup_id: str, kind: str) -> None:
-    base = fixtures_dir / "pg15-archive"
-    catalog = base / "catalog"
-    expected = json.loads((base / "expected" / "arch" / f"{backup_id}.{kind}.queries.json")
-                          .read_text())
+def wait_until_paused(pg: PgCluster) -> None:
+    sql = "SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()"
+    for _ in range(PROMOTE_WAIT_STEPS):
+        if not pg.is_running:
+            raise AssertionError(f"server stopped during recovery:\n{pg.log_tail()}")
+        proc = pg.run([PG_BIN / "psql", "-X", "-At", "-h", pg.sockdir, "-p", str(pg.port),
+                       "-U", PG_USER, "-d", "postgres", "-c", sql], check=False, timeout=60)
+        if proc.returncode == 0 and proc.stdout.strip() == "t|paused":
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"recovery did not pause at its target:\n{pg.log_tail()}")
+
+
+def recover(catalog: Path, backup_id: str, requested: RecoveryTarget, program: Path,
+            expected: dict[str, Any]) -> tuple[RecoveryPlan, dict[str, Any], str, RecoveryStatus]:
+    """Export the backup, add the recovery files, start PostgreSQL, wait for the target,
+    run the fixture's queries; the catalog must come out untouched."""
     store = Store(catalog)
-    instance = store.instance("arch")
-    requested = parse_target() if kind == "immediate" else parse_target(target="latest")
-    plan = plan_recovery(instance, requested, backup_id)
-    assert plan.recovery and plan.target.stop == kind and not plan.missing
-    if kind == "immediate":
-        assert plan.target.action == "promote"
-    files = recovery_files(plan, catalog, program=str(server_program))
+    plan = plan_recovery(store.instance("arch"), requested, backup_id)
+    assert plan.recovery and not plan.missing
+    files = recovery_files(plan, catalog, program=str(program))
     assert set(files.create) == {"recovery.signal"}
     before = tree_state(catalog)
-
     with pg_workdir() as work:
         data = work / "data"
         export_tree(open_view(store, "arch", backup_id), data)
@@ -172,13 +179,31 @@ def test_archive_backup_recovers_like_restore(fixtures_dir: Path, server_program
         prepare_datadir(data)
         with PgCluster(data, free_port(), work / "sock") as pg:
             pg.start({"archive_mode": "off"})
-            wait_until_promoted(pg)
+            if plan.target.action == "promote" or plan.target.stop == "latest":
+                wait_until_promoted(pg)
+            else:
+                wait_until_paused(pg)
             got = run_queries(pg, expected["sql"], expected["no_generic_md5"])
             pg.stop()
             log = pg.log_tail(200_000)
         status = inspect_recovery_dir(data)
-
     assert tree_state(catalog) == before, "the catalog was written to"
+    return plan, got, log, status
+
+
+@pytest.mark.parametrize("kind", ["immediate", "latest"])
+@pytest.mark.parametrize("backup_id", BACKUPS)
+def test_archive_backup_recovers_like_restore(fixtures_dir: Path, server_program: Path,
+                                              backup_id: str, kind: str) -> None:
+    base = fixtures_dir / "pg15-archive"
+    expected = json.loads((base / "expected" / "arch" / f"{backup_id}.{kind}.queries.json")
+                          .read_text())
+    requested = parse_target() if kind == "immediate" else parse_target(target="latest")
+    plan, got, log, status = recover(base / "catalog", backup_id, requested, server_program,
+                                     expected)
+    assert plan.target.stop == kind
+    if kind == "immediate":
+        assert plan.target.action == "promote"
     for key in ("server", "tablespaces", "databases"):
         assert got[key] == expected[key], key
     stop = format_lsn(plan.backup.control.stop_lsn)
@@ -191,3 +216,45 @@ def test_archive_backup_recovers_like_restore(fixtures_dir: Path, server_program
         assert "000000010000000000000022: not in the WAL archive" in log
     assert status.finished and not status.recovery_signal and status.timeline == 2, \
         status.describe()
+
+
+# An older backup recovered to a point where nothing changed until a newer backup was
+# consistent must give that newer backup's recorded results.
+PITR = [
+    # TP2MRQ was taken in a quiet moment: last change before 18:45:26, next one at 18:45:29.0
+    ("TP2MRO", {"time": "2026-11-25 18:45:27+00", "action": "promote"}, "TP2MRQ", True),
+    ("TP2MRO", {"time": "2026-11-25 21:45:28.5+03", "action": "pause"}, "TP2MRQ", False),
+    ("TP2MRO", {"lsn": "0/1B000B8", "action": "promote"}, "TP2MRQ", True),
+    # TP2MRW was taken under load: the last transaction before its consistent point ended at
+    # 18:45:33.485246, the next one at 18:45:33.584430
+    ("TP2MRQ", {"time": "2026-11-25 18:45:33.485246+00", "action": "promote"}, "TP2MRW", True),
+    ("TP2MRQ", {"time": "2026-11-25 18:45:33.584430+00", "inclusive": "false",
+                "action": "pause"}, "TP2MRW", False),
+]
+
+
+@pytest.mark.parametrize(("backup_id", "options", "same_as", "promoted"), PITR)
+def test_point_in_time_lands_on_target(fixtures_dir: Path, server_program: Path,
+                                       backup_id: str, options: dict[str, str], same_as: str,
+                                       promoted: bool) -> None:
+    base = fixtures_dir / "pg15-archive"
+    expected = json.loads((base / "expected" / "arch" / f"{same_as}.immediate.queries.json")
+                          .read_text())
+    plan, got, log, status = recover(base / "catalog", backup_id, parse_target(**options),
+                                     server_program, expected)
+    assert plan.backup.id == backup_id
+    for db, want in expected["databases"].items():
+        for key in want:
+            if key != "sequences":
+                assert got["databases"][db][key] == want[key], (db, key)
+        # A sequence recovered from WAL resumes from its logged value, up to 32 (SEQ_LOG_VALS)
+        # past the last value the backup's copied page shows.
+        for seq, value in want["sequences"].items():
+            ahead = int(got["databases"][db]["sequences"][seq]) - int(value)
+            assert 0 <= ahead <= 32, (seq, value, ahead)
+    assert got["server"]["pg_is_in_recovery"] == ("f" if promoted else "t")
+    assert "recovery stopping" in log
+    if promoted:
+        assert status.finished and status.timeline == 2, status.describe()
+    else:
+        assert status.recovery_signal and not status.finished, status.describe()

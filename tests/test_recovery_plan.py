@@ -64,12 +64,19 @@ CHOICES = [
     ({"name": "before deploy"}, "TP2MRW"),
     ({"time": "2026-11-25 18:45:34+00"}, "TP2MRW"),
     ({"time": "2026-11-25 21:45:34+03"}, "TP2MRW"),
-    ({"time": "2026-11-25 18:45:33.9+00"}, "TP2MRQ"),  # inside TP2MRW's second: older one
+    # inside TP2MRW's second: its WAL says whether a transaction ended after the target
+    # before its consistent point (the last one there ended at 18:45:33.485246)
+    ({"time": "2026-11-25 18:45:33.9+00"}, "TP2MRW"),
+    ({"time": "2026-11-25 18:45:33.485246+00"}, "TP2MRW"),
+    ({"time": "2026-11-25 18:45:33.485246+00", "inclusive": "false"}, "TP2MRQ"),
+    ({"time": "2026-11-25 18:45:33.3+00"}, "TP2MRQ"),
     ({"time": "2026-11-25 18:45:28+00"}, "TP2MRQ"),
-    ({"time": "2026-11-25 18:45:27.999999+00"}, "TP2MRO"),
+    ({"time": "2026-11-25 18:45:27.999999+00"}, "TP2MRQ"),
     ({"time": "2026-11-25 18:45:26+00"}, "TP2MRO"),
     ({"time": "2026-11-25 13:45:26-05"}, "TP2MRO"),
-    ({"time": "2026-11-25 18:45:25.5+00"}, "TP2MRO"),  # only candidate: used, with a note
+    ({"time": "2026-11-25 18:45:25.5+00"}, "TP2MRO"),
+    ({"time": "2026-11-25 18:45:41.4+00"}, "TP2MRW"),  # the archive's last: 18:45:41.439275
+    ({"time": "2026-11-25 18:45:41.439275+00", "inclusive": "false"}, "TP2MRW"),
     ({"xid": "5000"}, "TP2MRW"),
     ({"xid": "1289"}, "TP2MRW"),
     ({"xid": "1288"}, "TP2MRQ"),
@@ -90,9 +97,25 @@ def test_backup_choice(fixtures_dir: Path, kwargs: dict[str, str], backup_id: st
     assert plan.backup.id == backup_id, plan.describe()
     assert plan.recovery and not plan.missing
     assert plan.chain[-1] == "TP2MRO" and plan.chain[0] == backup_id
-    same_second = kwargs.get("time") == "2026-11-25 18:45:25.5+00"
-    assert any("in the second" in n for n in plan.notes) == same_second
+    assert not any("in the second" in n for n in plan.notes)
     assert backup_id in plan.describe()
+    if "time" in kwargs:
+        assert "the archive's last transaction ended at 2026-11-25 18:45:41.439275+00:00 " \
+            "(segment 000000010000000000000021)" in plan.notes
+
+
+@pytest.mark.parametrize(("time_text", "backup_id", "note"), [
+    ("2026-11-25 18:45:33.9+00", "TP2MRQ", False),  # not provable from the second alone
+    ("2026-11-25 18:45:27.5+00", "TP2MRO", False),
+    ("2026-11-25 18:45:25.5+00", "TP2MRO", True),  # only candidate: used, with a note
+])
+def test_backup_choice_without_reading_wal(fixtures_dir: Path, time_text: str, backup_id: str,
+                                           note: bool) -> None:
+    plan = plan_recovery(arch(fixtures_dir).instance("arch"), parse_target(time=time_text),
+                         scan=False)
+    assert plan.backup.id == backup_id
+    assert any("in the second" in n for n in plan.notes) == note
+    assert any("recovery ended before configured recovery target" in n for n in plan.notes)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -101,6 +124,10 @@ def test_backup_choice(fixtures_dir: Path, kwargs: dict[str, str], backup_id: st
     ({"xid": "784"}, "consistent only after xid 784"),
     ({"lsn": "0/17000B7"}, "consistent only at 0/17000B8"),
     ({"lsn": "0/2200000"}, "beyond the archive"),
+    ({"time": "2026-11-25 18:45:41.439275+00"}, "beyond the archive: the last transaction in the "
+     "WAL from backup TP2MRW ended at 2026-11-25 18:45:41.439275"),
+    ({"time": "2026-11-25 22:00:00+00"}, "beyond the archive"),
+    ({"time": "2026-11-25 18:45:42+00", "timeline": "current"}, "segment 000000010000000000000021"),
     ({"lsn": "1/0"}, "unbroken only up to 000000010000000000000021"),
     ({"xid": "5", "timeline": "2"}, "no history file for timeline 2"),
 ])
@@ -118,7 +145,10 @@ def test_explicit_backup(fixtures_dir: Path) -> None:
     with pytest.raises(UsageError, match="before the consistent point of backup TP2MRQ"):
         plan_recovery(instance, parse_target(time="2026-11-25 18:45:26+00"), "TP2MRQ")
     plan = plan_recovery(instance, parse_target(time="2026-11-25 18:45:27.3+00"), "TP2MRQ")
-    assert plan.backup.id == "TP2MRQ" and any("in the second" in n for n in plan.notes)
+    assert plan.backup.id == "TP2MRQ" and not any("in the second" in n for n in plan.notes)
+    with pytest.raises(UsageError, match="after a transaction that ended at 2026-11-25 "
+                                         "18:45:33.485246"):
+        plan_recovery(instance, parse_target(time="2026-11-25 18:45:33.2+00"), "TP2MRW")
     with pytest.raises(CatalogError, match="no backup 'ZZZZZZ'"):
         plan_recovery(instance, parse_target(), "ZZZZZZ")
 

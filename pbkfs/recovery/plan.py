@@ -16,7 +16,7 @@ backup itself. STREAM backups without a target need no recovery settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pbkfs.catalog.chain import resolve_chain
 from pbkfs.catalog.control import USABLE_STATUSES, parse_time
@@ -27,6 +27,7 @@ from pbkfs.recovery.target import RecoveryTarget
 from pbkfs.walarchive.archive import WalArchive
 from pbkfs.walarchive.history import timeline_path
 from pbkfs.walarchive.names import segment_name
+from pbkfs.walarchive.scan import last_xact_time, xact_times_between
 from pbkfs.walarchive.timelines import SegmentRange, backup_segments, missing_in
 
 YES, SAME_SECOND, NO = "yes", "same-second", "no"
@@ -118,6 +119,29 @@ def consistent_before(backup: Backup, target: RecoveryTarget) -> tuple[str, str]
     return YES, ""
 
 
+def _reaches(when: datetime, target: RecoveryTarget) -> bool:
+    """Does a transaction ending at `when` make recovery stop for this time target?"""
+    assert target.time is not None
+    return when >= target.time if target.inclusive is False else when > target.time
+
+
+def _resolve_same_second(backup: Backup, target: RecoveryTarget,
+                         archive: WalArchive) -> tuple[str, str] | None:
+    """Settle a time target inside the backup's recovery-time second by reading its WAL."""
+    c = backup.control
+    if c.stream or target.time is None:
+        return None
+    try:
+        times = xact_times_between(archive, c.timeline, c.start_lsn, c.stop_lsn)
+    except PbkfsError:
+        return None
+    late = [t for t in times if _reaches(t, target)]
+    if late:
+        return NO, (f"backup {backup.id} is consistent only after a transaction that ended at "
+                    f"{max(late).isoformat(sep=' ')}")
+    return YES, ""
+
+
 def _timeline_ok(backup: Backup, tli: int, history: list | None) -> bool:
     """pg_probackup's satisfy_timeline: the backup lies on `tli`'s history before a switch."""
     c = backup.control
@@ -178,11 +202,14 @@ def plan_recovery(
     *,
     archive: WalArchive | None = None,
     force: bool = False,
+    scan: bool = True,
 ) -> RecoveryPlan:
     """Choose the backup (given, or the newest suitable one) and the WAL for `requested`.
 
     UsageError when no backup can reach the target (it lies before every
-    candidate's consistent point, or beyond the archive for an LSN target).
+    candidate's consistent point, or beyond the archive for an LSN or time
+    target). With `scan`, time targets are checked against the transaction
+    times in the archived WAL (the backup's own range, the archive's tail).
     """
     archive = archive or WalArchive.for_instance(instance)
     seg = archive.seg_size
@@ -215,6 +242,8 @@ def plan_recovery(
                             f"on the history of timeline {want_tli}")
             continue
         verdict, why = consistent_before(backup, requested)
+        if verdict == SAME_SECOND and scan and requested.kind == "time":
+            verdict, why = _resolve_same_second(backup, requested, archive) or (verdict, why)
         if verdict == YES:
             chosen = (backup, chain, why)
             break
@@ -273,7 +302,27 @@ def plan_recovery(
                              f"{archive_end or 'nothing'} (in {archive.dir})")
     elif recovery:
         wal_last = archive_end
-        if kind in ("time", "xid", "name"):
+        checked = False
+        if kind == "time" and scan and end is not None:
+            route = [(p.tli, segno) for p in pieces
+                     for segno in range(p.first, (p.last if p.last is not None else end[1]) + 1)
+                     if (p.tli, segno) <= end]
+            try:
+                last = last_xact_time(archive, route)
+            except PbkfsError:
+                last = None
+            if last is not None:
+                checked = True
+                when, where = last
+                if not _reaches(when, target):
+                    raise UsageError(
+                        f"{target.describe()} is beyond the archive: the last transaction in "
+                        f"the WAL from backup {backup.id} ended at "
+                        f"{when.isoformat(sep=' ')} (segment {where}); "
+                        "--recovery-target=latest replays all of it")
+                notes.append(f"the archive's last transaction ended at "
+                             f"{when.isoformat(sep=' ')} (segment {where})")
+        if kind in ("time", "xid", "name") and not checked:
             notes.append(f"PostgreSQL stops with 'recovery ended before configured recovery "
                          f"target was reached' if the target is not in the WAL up to "
                          f"{archive_end or 'the backup stop'}")
