@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pbkfs.catalog.content import FileEntry
 from pbkfs.catalog.control import version_number
+from pbkfs.catalog.headermap import read_region
 from pbkfs.catalog.store import Backup
 from pbkfs.codecs.crc import crc32, crc32c
 from pbkfs.errors import CorruptionError, PbkfsError
@@ -58,7 +59,19 @@ def _file_crc(member: Backup) -> Callable[[bytes, int], int]:
 
 
 def check_stored_file(member: Backup, entry: FileEntry) -> tuple[list[Problem], int]:
-    """Size and CRC of one stored file of one backup."""
+    """Size and CRC of one stored file of one backup, and its page-map region if it has one
+    (checked for every member: a region newer backups shadow is still part of the backup)."""
+    problems, size = _check_stored_bytes(member, entry)
+    if entry.is_page_stream and entry.n_headers > 0:
+        try:
+            read_region(member.page_header_map, entry, member.control.block_size)
+        except PbkfsError as exc:
+            reason = exc.reason if isinstance(exc, CorruptionError) else str(exc)
+            problems.append(Problem(member.id, entry.path, None, reason))
+    return problems, size
+
+
+def _check_stored_bytes(member: Backup, entry: FileEntry) -> tuple[list[Problem], int]:
     path = member.stored_path(entry)
     problems: list[Problem] = []
 
