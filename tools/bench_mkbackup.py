@@ -79,6 +79,15 @@ def main() -> None:
                 ("DELTA, zlib", ["-b", "DELTA", "--compress-algorithm", "zlib"]),
             ]
             commands = []
+            # Baseline in the same run: a plain copy of the data directory, made durable.
+            copy_dir = work / "plain-copy"
+            t0 = time.monotonic()
+            subprocess.run(["cp", "-a", str(pg.datadir), str(copy_dir)], check=True)
+            subprocess.run(["sync", "-f", str(copy_dir)], check=True)
+            copy_seconds = time.monotonic() - t0
+            copied = sum(f.stat().st_size for f in copy_dir.rglob("*") if f.is_file())
+            rows.append(("baseline: cp -a PGDATA + sync", "-", copy_seconds, copied, copied))
+            print(f"  cp -a: {copy_seconds:.1f}s", file=sys.stderr)
             for label, extra in cases:
                 if label.startswith("DELTA"):
                     pg.pgbench(["-n", "-c", "2", "-j", "2", "-t", "2000", "postgres"])
