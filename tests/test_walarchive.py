@@ -7,6 +7,7 @@ import gzip
 import shutil
 import struct
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import lz4.frame
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pbkfs.catalog.store import Store
+from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CatalogError, CorruptionError, ParseError, UsageError
 from pbkfs.walarchive import WalArchive, WalNotFound, archive_timelines, coverage, parse_history
 from pbkfs.walarchive.decompress import decompress
@@ -32,6 +34,8 @@ from pbkfs.walarchive.names import (
     requested_kind,
     segment_name,
 )
+from pbkfs.walarchive.records import iter_records, restore_point, xact_time
+from pbkfs.walarchive.scan import last_xact_time, xact_times_between
 from pbkfs.walarchive.segment import LONG_HEADER, check_segment
 from pbkfs.walarchive.timelines import backup_segments, contiguous_end, missing_in
 
@@ -321,3 +325,101 @@ def test_archive_path_that_is_not_a_directory(tmp_path: Path) -> None:
     archive = WalArchive(tmp_path / "file-not-dir", SEG)
     with pytest.raises(CatalogError, match="cannot list WAL archive"):
         _ = archive.files
+
+
+# -- WAL records: transaction times and restore points ----------------------------------
+
+
+def wal_record(rmid: int, info: int, main: bytes, xid: int = 0) -> bytes:
+    """One WAL record with only main data, its CRC computed as PostgreSQL does."""
+    if len(main) < 256:
+        body = bytes([255, len(main)]) + main
+    else:
+        body = bytes([254]) + struct.pack("<I", len(main)) + main
+    head = struct.pack("<IIQBB2x", 24 + len(body), xid, 0, info, rmid)
+    return head + struct.pack("<I", crc32c(head, crc32c(body))) + body
+
+
+def build_segment(records: list[bytes], segno: int, tli: int = 1) -> bytes:
+    """A segment holding `records` from its start, pages and continuation headers included."""
+    payload = bytearray()
+    spans = []
+    for rec in records:
+        spans.append((len(payload), len(payload) + len(rec)))
+        payload += rec + bytes(-len(rec) % 8)
+    out = bytearray()
+    pos = 0
+    page = 0
+    while pos < len(payload):
+        long = page == 0
+        cont = next((e - pos for s, e in spans if s < pos < e), 0)
+        info = (0x0002 if long else 0) | (0x0001 if cont else 0)
+        header = struct.pack("<HHIQI4x", PG15_MAGIC, info, tli, segno * SEG + page * 8192, cont)
+        if long:
+            header += struct.pack("<QII", SYSID, SEG, 8192)
+        room = 8192 - len(header)
+        out += header + payload[pos:pos + room]
+        out += bytes(-len(out) % 8192)
+        pos += room
+        page += 1
+    return bytes(out) + bytes(SEG - len(out))
+
+
+def pg_micros(when: datetime) -> int:
+    return (when - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def test_records_of_a_synthetic_segment() -> None:
+    t1 = datetime(2026, 11, 25, 14, 5, 0, 250000, tzinfo=UTC)
+    t2 = t1 + timedelta(seconds=3)
+    records = [
+        wal_record(10, 0x00, b"h" * 10000, xid=700),  # spans two page boundaries
+        wal_record(0, 0x70, struct.pack("<q", pg_micros(t1)) + b"before deploy".ljust(64, b"\0")),
+        wal_record(1, 0x00, struct.pack("<q", pg_micros(t2)) + b"\0" * 8, xid=700),
+        wal_record(1, 0x20, struct.pack("<q", pg_micros(t2) + 5), xid=701),  # abort
+    ]
+    seg = build_segment(records, 0x30)
+    check_segment(seg, path="x", tli=1, segno=0x30, seg_size=SEG, magic=PG15_MAGIC,
+                  system_identifier=SYSID)
+    got = list(iter_records([(0x30, seg)], SEG))
+    assert [(r.rmid, r.info, r.xid) for r in got] == [(10, 0, 700), (0, 0x70, 0), (1, 0, 700),
+                                                       (1, 0x20, 701)]
+    assert got[0].lsn == 0x30 * SEG + 40 and len(got[0].main_data) == 10000
+    assert got[1].lsn > 0x30 * SEG + 8192  # after the big record, past page headers
+    assert restore_point(got[1]) == ("before deploy", t1)
+    assert xact_time(got[2]) == t2 and xact_time(got[3]) == t2 + timedelta(microseconds=5)
+    assert xact_time(got[1]) is None and restore_point(got[2]) is None
+    # a record whose CRC is wrong ends the WAL there
+    bad = bytearray(records[2])
+    bad[-1] ^= 1
+    got = list(iter_records([(0x30, build_segment(records[:2] + [bytes(bad)] + records[3:],
+                                                  0x30))], SEG))
+    assert len(got) == 2
+    # a segment that does not follow the previous one is not read
+    got = list(iter_records([(0x30, seg), (0x32, build_segment(records, 0x32))], SEG))
+    assert len(got) == 4
+
+
+def test_records_of_the_real_archive(fixtures_dir: Path) -> None:
+    _, archive = fixture_archive(fixtures_dir)
+    segments = [(s, archive.fetch(segment_name(1, s, SEG))[0]) for s in range(0x16, 0x22)]
+    records = list(iter_records(segments, SEG))
+    lsns = [r.lsn for r in records]
+    assert len(records) > 10000 and lsns == sorted(set(lsns))
+    ends = [(r.lsn, t) for r in records if (t := xact_time(r)) is not None]
+    # what PostgreSQL logged replaying this archive: "redo done at 0/215FA58; last completed
+    # transaction was at log time 2026-11-25 18:45:41.439275+00"
+    assert ends[-1] == (0x215F9F0, datetime(2026, 11, 25, 18, 45, 41, 439275, tzinfo=UTC))
+    assert records[-1].lsn == 0x215FA58
+    # and recovering TP2MRW to its consistent point (0/1F22560): "... at log time
+    # 2026-11-25 18:45:33.485246+00"
+    assert max(t for lsn, t in ends if lsn < 0x1F22560) == \
+        datetime(2026, 11, 25, 18, 45, 33, 485246, tzinfo=UTC)
+    times = xact_times_between(archive, 1, 0x1E00028, 0x1F22560)
+    assert len(times) == 26 and max(times) == datetime(2026, 11, 25, 18, 45, 33, 485246,
+                                                         tzinfo=UTC)
+    assert xact_times_between(archive, 1, 0x1A00028, 0x1B000B8) == []
+    route = [(1, s) for s in range(0x1E, 0x22)]
+    assert last_xact_time(archive, route) == (
+        datetime(2026, 11, 25, 18, 45, 41, 439275, tzinfo=UTC), "000000010000000000000021")
+    assert last_xact_time(archive, [(1, 0x16), (1, 0x17)]) is None  # no transaction there
