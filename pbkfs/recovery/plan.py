@@ -215,9 +215,6 @@ def plan_recovery(
     seg = archive.seg_size
     want_tli = _resolve_timeline(requested, archive)
     history = archive.history(want_tli) if want_tli else None
-    if want_tli and want_tli > 1 and history is None:
-        raise UsageError(f"--recovery-target-timeline {want_tli}: the archive "
-                         f"{archive.dir} has no history file for timeline {want_tli}")
     notes: list[str] = []
     if backup_id is not None:
         candidates = [instance.backup(backup_id)]
@@ -256,6 +253,9 @@ def plan_recovery(
         notes.append(fallback[2])
     if chosen is None:
         what = requested.describe()
+        if want_tli and want_tli > 1 and history is None:
+            refusals.append(f"the archive {archive.dir} has no history file for timeline "
+                            f"{want_tli}")
         if backup_id is not None:
             raise UsageError(f"{what} is before the consistent point of backup "
                              f"{backup_id.upper()}: " + "; ".join(refusals))
