@@ -13,7 +13,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 import zstandard
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pbkfs.catalog.store import Store
@@ -423,3 +423,33 @@ def test_records_of_the_real_archive(fixtures_dir: Path) -> None:
     assert last_xact_time(archive, route) == (
         datetime(2026, 11, 25, 18, 45, 41, 439275, tzinfo=UTC), "000000010000000000000021")
     assert last_xact_time(archive, [(1, 0x16), (1, 0x17)]) is None  # no transaction there
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3 * 8192 - 1), st.integers(1, 255)), max_size=12),
+       st.integers(0, 2 * 8192))
+def test_record_reader_never_fails_on_damaged_wal(fixtures_dir: Path,
+                                                  flips: list[tuple[int, int]],
+                                                  cut: int) -> None:
+    """Damaged or truncated WAL ends the record stream; it never raises."""
+    data = bytearray(_real_segment(fixtures_dir))
+    for pos, xor in flips:
+        data[pos] ^= xor
+    segment = bytes(data[: len(data) - cut])
+    records = list(iter_records([(0x1F, segment)], SEG))
+    assert all(0x1F * SEG <= r.lsn < 0x20 * SEG for r in records)
+    for r in records:
+        xact_time(r)
+        restore_point(r)
+
+
+_SEGMENT_CACHE: dict[str, bytes] = {}
+
+
+def _real_segment(fixtures_dir: Path) -> bytes:
+    if "1F" not in _SEGMENT_CACHE:
+        path = fixtures_dir / "pg15-archive" / "catalog" / "wal" / "arch" / \
+            "00000001000000000000001F.gz"
+        _SEGMENT_CACHE["1F"] = zlib.decompress(path.read_bytes(), wbits=31)
+    return _SEGMENT_CACHE["1F"]

@@ -98,7 +98,7 @@ class _Stream:
         if self.expected_next is not None and start != self.expected_next:
             return False
         self.expected_next = start + self.seg_size
-        for off in range(0, len(seg), self.blcksz):
+        for off in range(0, len(seg) - self.blcksz + 1, self.blcksz):
             magic, info, _tli, addr, rem = SHORT_PAGE_HEADER.unpack_from(seg, off)
             if magic not in XLOG_PAGE_MAGIC.values() or addr != start + off:
                 break
