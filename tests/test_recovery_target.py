@@ -153,3 +153,14 @@ def test_click_options() -> None:
                    "--recovery-target-inclusive", "--recovery-target-timeline",
                    "--recovery-target-action"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"target": "immediate", "action": "promote"}, {"target": "latest", "timeline": "latest"},
+    {"time": "2026-11-25 18:45:33.25+05:30", "inclusive": "false", "action": "pause"},
+    {"xid": "1289", "timeline": "2"}, {"lsn": "0/1F22560", "action": "shutdown"},
+    {"name": "it's a name"},
+])
+def test_as_options_round_trip(kwargs: dict[str, str]) -> None:
+    target = parse_target(**kwargs)
+    assert parse_target(**target.as_options()) == target

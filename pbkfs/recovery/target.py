@@ -57,6 +57,28 @@ class RecoveryTarget:
         """The time as written to recovery_target_time (ISO, explicit offset)."""
         return None if self.time is None else self.time.isoformat(sep=" ")
 
+    def as_options(self) -> dict[str, str]:
+        """parse_target() keyword arguments giving this target back (to store it, e.g. in a
+        mount's state, and compare it on remount)."""
+        out: dict[str, str] = {}
+        if self.stop:
+            out["target"] = self.stop
+        if self.time_text is not None:
+            out["time"] = self.time_text
+        if self.xid is not None:
+            out["xid"] = str(self.xid)
+        if self.lsn is not None:
+            out["lsn"] = format_lsn(self.lsn)
+        if self.name is not None:
+            out["name"] = self.name
+        if self.inclusive is not None:
+            out["inclusive"] = "true" if self.inclusive else "false"
+        if self.timeline:
+            out["timeline"] = self.timeline
+        if self.action:
+            out["action"] = self.action
+        return out
+
     def with_defaults(self, stop: str, action: str) -> RecoveryTarget:
         return replace(self, stop=stop, action=self.action or action)
 
