@@ -299,7 +299,8 @@ def prepare(opts: MountOptions) -> Prepared:
     fresh = snap is None and not records
     if fresh:
         # The first mount of this diff: shape the tree once, then persist it as a snapshot.
-        apply_postgresql_conf(ns, diff, p.source, p.uid, p.gid, opts.postgresql_conf)
+        if ns.root.children and "PG_VERSION" in ns.root.children:  # a data directory
+            apply_postgresql_conf(ns, diff, p.source, p.uid, p.gid, opts.postgresql_conf)
         if opts.local_wal:
             setup_local_wal(ns, diff, p.source, p.uid, p.gid)
         jdir.sync()

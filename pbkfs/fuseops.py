@@ -168,7 +168,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=self.vfs.open(inode, flags), keep_cache=True)
+        return pyfuse3.FileInfo(fh=await self.vfs.open(inode, flags), keep_cache=True)
 
     @_errors
     async def create(

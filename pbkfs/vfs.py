@@ -237,14 +237,22 @@ class Vfs:
 
     # -- files -------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int) -> int:
+        """Open; with O_TRUNC truncate here (the kernel uses atomic O_TRUNC: no setattr)."""
         node = self.ns.get(ino)
         if node.kind == "d":
             raise FsError(errno.EISDIR, "open of a directory")
         if node.kind != "f":
             raise FsError(errno.ELOOP, "open of a symlink")
         node.opens += 1
-        return self._fh(Handle(node, flags))
+        fh = self._fh(Handle(node, flags))
+        if flags & os.O_TRUNC:
+            try:
+                await self.truncate(node, 0)
+            except BaseException:
+                await self.release(fh)
+                raise
+        return fh
 
     def create(
         self, parent: int, name: str, mode: int, flags: int, uid: int, gid: int

@@ -1,0 +1,240 @@
+"""The diff object store without a mount: copy-on-write blocks over a fake backup.
+
+Each test names the lesson of pbkfs-reference-behaviour.md it guards.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from pbkfs.blockmap import HEADER_SIZE, SLOT_SIZE, BlockMap, MapFormatError
+from pbkfs.diffstore import ObjectStore, data_path, map_path
+
+BS = 8192
+
+
+class FakeBase:
+    """A backup: path -> bytes; counts reads so tests can prove what was (not) read."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.reads = 0
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return self.files[path][offset : offset + length]
+
+    def base_size(self, path: str) -> int:
+        return len(self.files[path])
+
+
+def pattern(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def base() -> FakeBase:
+    return FakeBase({
+        "rel": pattern(5 * BS, 1),          # a 5-block datafile
+        "small": b"hello, world\n",          # a file shorter than a block
+        "odd": pattern(2 * BS + 100, 2),     # not a multiple of the block size
+    })
+
+
+def store(tmp_path: Path, base: FakeBase) -> ObjectStore:
+    objects = tmp_path / "objects"
+    objects.mkdir(exist_ok=True)
+    return ObjectStore(str(objects), base, BS)
+
+
+def test_sparse_diff_reads_backup_data(tmp_path: Path, base: FakeBase) -> None:
+    """Lessons 7, 13: unwritten blocks come from the backup, never from holes in the diff file."""
+    s = store(tmp_path, base)
+    new = b"\xab" * BS
+    s.write(1, "rel", 2 * BS, new)
+    got = s.read(1, "rel", 0, 5 * BS)
+    want = base.files["rel"][: 2 * BS] + new + base.files["rel"][3 * BS :]
+    assert got == want
+    # the diff file is sparse, yet block 0 (a hole there) still reads the backup's bytes
+    assert os.path.getsize(data_path(s.dir, 1)) == 5 * BS
+
+
+def test_written_zero_page_is_not_a_hole(tmp_path: Path, base: FakeBase) -> None:
+    """Lesson 13: a written all-zero page must read as zeros, not fall back to the backup."""
+    s = store(tmp_path, base)
+    s.write(1, "rel", BS, bytes(BS))
+    assert s.read(1, "rel", BS, BS) == bytes(BS)
+    s.fsync(1, datasync=True)
+    s.close_all()
+    s2 = store(tmp_path, base)
+    assert s2.read(1, "rel", BS, BS) == bytes(BS)
+    assert s2.read(1, "rel", 0, BS) == base.files["rel"][:BS]
+
+
+def test_partial_write_brings_in_only_its_block(tmp_path: Path, base: FakeBase) -> None:
+    """Lesson 35: an unaligned write reads and rewrites the touched block only."""
+    s = store(tmp_path, base)
+    s.write(1, "rel", 3 * BS + 10, b"XYZ")
+    bm = BlockMap.load(map_path(s.dir, 1))
+    assert [b for b in range(5) if bm.has(b) and b < bm.horizon] == [3]
+    want = bytearray(base.files["rel"])
+    want[3 * BS + 10 : 3 * BS + 13] = b"XYZ"
+    assert s.read(1, "rel", 0, 5 * BS) == bytes(want)
+
+
+def test_small_file_keeps_exact_length(tmp_path: Path, base: FakeBase) -> None:
+    """Lesson 2: a copied-up small file is not padded to a block."""
+    s = store(tmp_path, base)
+    obj = s.write(1, "small", 0, b"H")
+    assert obj.size == len(base.files["small"])
+    assert s.read(1, "small", 0, 100) == b"Hello, world\n"
+    assert os.path.getsize(data_path(s.dir, 1)) == len(base.files["small"])
+
+
+def test_size_after_extending_write(tmp_path: Path, base: FakeBase) -> None:
+    """Lessons 8, 14, 22: the size grows with the write and survives a reload."""
+    s = store(tmp_path, base)
+    obj = s.write(1, "odd", 4 * BS, bytes(BS))  # zero page past the end: size must move
+    assert obj.size == 5 * BS
+    s.fsync(1, datasync=True)
+    s.close_all()
+    s2 = store(tmp_path, base)
+    data = s2.read(1, "odd", 0, 10 * BS)
+    assert len(data) == 5 * BS
+    assert data[: 2 * BS + 100] == base.files["odd"]
+    assert data[2 * BS + 100 :] == bytes(3 * BS - 100)
+
+
+def test_write_never_shrinks(tmp_path: Path, base: FakeBase) -> None:
+    """Lesson 9: a write may only grow a file."""
+    s = store(tmp_path, base)
+    obj = s.write(1, "rel", 0, b"abc")
+    assert obj.size == 5 * BS
+
+
+@pytest.mark.parametrize("cut", [0, 100, BS, 2 * BS + 7])
+def test_truncate_then_extend_never_resurrects_backup(
+    tmp_path: Path, base: FakeBase, cut: int
+) -> None:
+    """Lessons 21, 23: blocks past a truncation never come from the backup again."""
+    s = store(tmp_path, base)
+    obj = s.truncate(1, "rel", cut)
+    assert obj.size == cut
+    assert s.read(1, "rel", 0, 10 * BS) == base.files["rel"][:cut]
+    s.truncate(1, "rel", 5 * BS)
+    want = base.files["rel"][:cut] + bytes(5 * BS - cut)
+    assert s.read(1, "rel", 0, 5 * BS) == want
+    s.write(1, "rel", 4 * BS + 1, b"!")  # re-extend through a write, too
+    want = want[: 4 * BS + 1] + b"!" + want[4 * BS + 2 :]
+    assert s.read(1, "rel", 0, 5 * BS) == want
+    s.fsync(1, datasync=False)
+    s.close_all()
+    s2 = store(tmp_path, base)  # and after a remount
+    assert s2.read(1, "rel", 0, 5 * BS) == want
+
+
+def test_truncate_crash_between_file_and_horizon_is_repaired(
+    tmp_path: Path, base: FakeBase
+) -> None:
+    """Crash rule: a data file shorter than the horizon says wins on load."""
+    s = store(tmp_path, base)
+    s.write(1, "rel", 0, b"x")  # create the object
+    s.close_all()
+    os.truncate(data_path(s.dir, 1), BS)  # the truncate happened, the horizon was not lowered
+    s2 = store(tmp_path, base)
+    assert s2.read(1, "rel", 0, 5 * BS) == b"x" + base.files["rel"][1:BS]
+    s2.truncate(1, "rel", 3 * BS)
+    assert s2.read(1, "rel", BS, 2 * BS) == bytes(2 * BS)
+
+
+def test_file_created_in_mount_has_no_base(tmp_path: Path, base: FakeBase) -> None:
+    s = store(tmp_path, base)
+    s.write(7, None, 10, b"abc")
+    assert s.read(7, None, 0, 100) == bytes(10) + b"abc"
+    assert not os.path.exists(map_path(s.dir, 7))
+    s.truncate(7, None, 5)
+    assert s.read(7, None, 0, 100) == bytes(5)
+    assert base.reads == 0
+
+
+def test_reads_never_write_the_diff(tmp_path: Path, base: FakeBase) -> None:
+    """Lesson 28: reading backup content writes nothing."""
+    s = store(tmp_path, base)
+    assert s.read_base("rel", 5 * BS, BS, 2 * BS) == base.files["rel"][BS : 3 * BS]
+    assert os.listdir(s.dir) == []
+
+
+def test_remove_deletes_object_files(tmp_path: Path, base: FakeBase) -> None:
+    s = store(tmp_path, base)
+    s.write(1, "rel", 0, b"x")
+    s.remove(1)
+    assert os.listdir(s.dir) == []
+
+
+def test_map_header_survives_a_torn_slot(tmp_path: Path, base: FakeBase) -> None:
+    """A torn header write destroys at most the older slot; the newer valid one is used."""
+    s = store(tmp_path, base)
+    s.truncate(1, "rel", 3 * BS)  # seq 2 -> slot 0 holds seq 2, slot 1 is empty
+    s.truncate(1, "rel", 2 * BS)  # seq 3 -> slot 1
+    s.close_all()
+    path = map_path(s.dir, 1)
+    bm = BlockMap.load(path, writable=False)
+    assert bm.horizon == 2
+    bm.close()
+    with open(path, "r+b") as f:  # tear the newest slot: the older (horizon 3) is used
+        f.seek(SLOT_SIZE + 20)
+        f.write(b"\xff\xff")
+    bm = BlockMap.load(path, writable=False)
+    assert bm.horizon == 3
+    bm.close()
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff\xff")
+    with pytest.raises(MapFormatError):
+        BlockMap.load(path, writable=False)
+
+
+def test_unusable_map_starts_over_from_backup(tmp_path: Path, base: FakeBase) -> None:
+    """Never guess: an object whose map cannot be read restarts from the backup content."""
+    s = store(tmp_path, base)
+    s.write(1, "rel", 0, b"zzz")
+    s.close_all()
+    with open(map_path(s.dir, 1), "r+b") as f:
+        f.write(bytes(HEADER_SIZE))
+    s2 = store(tmp_path, base)
+    assert s2.read(1, "rel", 0, 5 * BS) == base.files["rel"]
+
+
+def test_random_ops_match_a_model(tmp_path: Path, base: FakeBase) -> None:
+    """Random writes/truncates/reloads agree with a bytearray model."""
+    rng = random.Random(5)
+    s = store(tmp_path, base)
+    model = bytearray(base.files["odd"])
+    for step in range(300):
+        op = rng.random()
+        if op < 0.55:
+            off = rng.randrange(0, 6 * BS)
+            data = rng.randbytes(rng.randrange(1, 3 * BS))
+            s.write(1, "odd", off, data)
+            if off > len(model):
+                model += bytes(off - len(model))
+            model[off : off + len(data)] = data
+        elif op < 0.75:
+            size = rng.randrange(0, 6 * BS)
+            s.truncate(1, "odd", size)
+            if size < len(model):
+                del model[size:]
+            else:
+                model += bytes(size - len(model))
+        elif op < 0.8:
+            s.fsync(1, datasync=True)
+            s.close_all()
+            s = store(tmp_path, base)
+        off = rng.randrange(0, 7 * BS)
+        n = rng.randrange(0, 3 * BS)
+        assert s.read(1, "odd", off, n) == bytes(model[off : off + n]), step
+    assert s.read(1, "odd", 0, 10 * BS) == bytes(model)

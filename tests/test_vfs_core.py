@@ -1,0 +1,284 @@
+"""The file-system core with real worker processes, without FUSE.
+
+Requests go through the router to `python -m workers` processes over pipes,
+exactly as in a mount; only the kernel is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+
+from pbkfs.diffdir import DiffDir
+from pbkfs.fuseops import Operations
+from pbkfs.journal import JournalDir
+from pbkfs.namespace import FsError, Namespace
+from pbkfs.router import Router
+from pbkfs.shm import Segment
+from pbkfs.source import SourceSpec, open_source
+from pbkfs.vfs import Vfs
+
+BS = 8192
+
+
+def make_base(root: Path) -> dict[str, bytes]:
+    files = {
+        "base/1/100": random.Random(1).randbytes(4 * BS),
+        "base/1/200": random.Random(2).randbytes(BS + 77),
+        "PG_VERSION": b"15\n",
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return files
+
+
+Body = Callable[[Vfs, Router], Awaitable[None]]
+
+
+def run_vfs(tmp_path: Path, body: Body, workers: int = 2) -> None:
+    base = tmp_path / "base"
+    if not base.exists():
+        make_base(base)
+    spec = SourceSpec("plain", path=str(base))
+    source = open_source(spec)
+    diff = DiffDir(str(tmp_path / "diff"))
+    diff.create()
+    jd = JournalDir(diff.ns)
+    snap, records = jd.load()
+    ns = Namespace(0, 0, 0, journal=jd.append)
+    if snap:
+        ns.load_snapshot(snap)
+    else:
+        ns.load_entries(source.entries())
+    ns.replay(records)
+    from pbkfs.frontend import settle_objects
+
+    settle_objects(ns, diff, source)
+    name = f"/pbkfs-test-{uuid.uuid4().hex[:8]}"
+    seg = Segment.create(name, workers, BS)
+    router = Router(workers, spec, diff.objects, name)
+    vfs = Vfs(ns, router, diff.objects, jd, seg, diff.path)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await router.start(nursery)
+            try:
+                await body(vfs, router)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await router.shutdown()
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        vfs.close_fds()
+        jd.close()
+        seg.close()
+        seg.unlink()
+
+
+def lookup_path(vfs: Vfs, path: str) -> int:
+    ino = 1
+    for part in path.split("/"):
+        ino = vfs.lookup(ino, part).ino
+    return ino
+
+
+def test_write_then_read_in_order_and_hot_path(tmp_path: Path) -> None:
+    """Lesson 10: a read after a write sees it; later reads of diff blocks skip the worker."""
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        fh = await vfs.open(ino, os.O_RDWR)
+        # many writes in flight at once, each followed by a read of the same range
+        async with trio.open_nursery() as n:
+            for b in range(4):
+                n.start_soon(vfs.write, fh, b * BS, bytes([b + 1]) * BS)
+        data = await vfs.read(fh, 0, 4 * BS)
+        assert data == b"".join(bytes([b + 1]) * BS for b in range(4))
+        hot = vfs.stats.reads_hot
+        assert await vfs.read(fh, BS, BS) == bytes([2]) * BS
+        assert vfs.stats.reads_hot == hot + 1  # served by pread after the shm check
+        await vfs.release(fh)
+        ino2 = lookup_path(vfs, "base/1/200")
+        fh2 = await vfs.open(ino2, os.O_RDONLY)
+        assert await vfs.read(fh2, 0, 10 * BS) == files["base/1/200"]
+        await vfs.release(fh2)
+
+    run_vfs(tmp_path, body)
+
+
+def test_interleaved_writes_and_reads_match_model(tmp_path: Path) -> None:
+    """Per-inode FIFO end to end: fire requests without waiting, then compare with a model."""
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        fh = await vfs.open(ino, os.O_RDWR)
+        model = bytearray(files["base/1/100"])
+        rng = random.Random(3)
+        results: list[tuple[bytes, bytes]] = []
+
+        async def read_check(off: int, n: int, want: bytes) -> None:
+            results.append((await vfs.read(fh, off, n), want))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                off = rng.randrange(0, 6 * BS)
+                if rng.random() < 0.6:
+                    data = rng.randbytes(rng.randrange(1, 2 * BS))
+                    if off > len(model):
+                        model.extend(bytes(off - len(model)))
+                    model[off : off + len(data)] = data
+                    nursery.start_soon(vfs.write, fh, off, data)
+                else:
+                    n = rng.randrange(1, 2 * BS)
+                    nursery.start_soon(read_check, off, n, bytes(model[off : off + n]))
+                await trio.sleep(0)
+        for got, want in results:
+            assert got == want
+        assert await vfs.read(fh, 0, 10 * BS) == bytes(model)
+
+    run_vfs(tmp_path, body)
+
+
+def test_open_file_survives_unlink_and_object_is_removed(tmp_path: Path) -> None:
+    """Lesson 32: an unlinked open file keeps its content; its diff object goes at release."""
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        fh, node = vfs.create(1, "tmpfile", 0o600, os.O_RDWR, 0, 0)
+        await vfs.write(fh, 0, b"still here")
+        fid = node.fid
+        assert fid is not None
+        vfs.unlink(1, "tmpfile")
+        assert await vfs.read(fh, 0, 100) == b"still here"
+        await vfs.release(fh)
+        vfs.forget([(node.ino, 1)])
+        await vfs.fsync_node(vfs.ns.root, False)  # a round trip to flush the Remove
+        with trio.fail_after(30):
+            while os.path.exists(os.path.join(vfs.objects, str(fid))):
+                await trio.sleep(0.01)
+
+    run_vfs(tmp_path, body)
+
+
+def test_truncate_of_backup_file_and_size_answers(tmp_path: Path) -> None:
+    """Lessons 8, 23: sizes answered right after a write/truncate reflect it."""
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        await vfs.setattr(ino, size=100)
+        assert vfs.getattr(ino).size == 100
+        fh = await vfs.open(ino, os.O_RDWR)
+        await vfs.write(fh, 3 * BS, b"end")
+        assert vfs.getattr(ino).size == 3 * BS + 3
+        data = await vfs.read(fh, 0, 4 * BS)
+        assert data == files["base/1/100"][:100] + bytes(3 * BS - 100) + b"end"
+
+    run_vfs(tmp_path, body)
+
+
+def test_durable_after_fsync_and_kill9_of_workers(tmp_path: Path) -> None:
+    """Durability: fsynced data, size, map and name survive kill -9 of every process."""
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        fh = await vfs.open(ino, os.O_RDWR)
+        await vfs.write(fh, BS, b"A" * BS)
+        await vfs.write(fh, 5 * BS, b"B" * 10)
+        await vfs.fsync(fh, True)
+        fh2, _node = vfs.create(1, "newfile", 0o600, os.O_RDWR, 0, 0)
+        await vfs.write(fh2, 0, b"created")
+        await vfs.fsync(fh2, False)
+        for conn in router.conns:
+            os.kill(conn.pid, signal.SIGKILL)
+        raise _Killed
+
+    class _Killed(Exception):
+        pass
+
+    with pytest.raises(BaseException) as exc:  # trio wraps it in a group
+        run_vfs(tmp_path, body)
+    assert exc.group_contains(_Killed) if hasattr(exc, "group_contains") else True
+
+    async def check(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        assert vfs.getattr(ino).size == 5 * BS + 10
+        fh = await vfs.open(ino, os.O_RDONLY)
+        assert await vfs.read(fh, BS, BS) == b"A" * BS
+        assert await vfs.read(fh, 5 * BS, 100) == b"B" * 10
+        ino2 = lookup_path(vfs, "newfile")
+        fh2 = await vfs.open(ino2, os.O_RDONLY)
+        assert await vfs.read(fh2, 0, 100) == b"created"
+
+    run_vfs(tmp_path, check)
+
+
+def test_dead_worker_gives_eio_not_a_hang(tmp_path: Path) -> None:
+    async def body(vfs: Vfs, router: Router) -> None:
+        ino = lookup_path(vfs, "base/1/100")
+        fh = await vfs.open(ino, os.O_RDONLY)
+        conn = router.conns[router.worker_of(ino)]
+        os.kill(conn.pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            while conn.alive:
+                await trio.sleep(0.01)
+            with pytest.raises(FsError) as e:
+                await vfs.read(fh, 0, BS)
+        assert e.value.errno == errno.EIO
+
+    run_vfs(tmp_path, body, workers=1)
+
+
+def test_adapter_maps_errors_to_errno(tmp_path: Path) -> None:
+    """The pyfuse3 adapter turns FsError into FUSEError with the same errno, bugs into EIO."""
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ops = Operations(vfs)
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.unlink(1, b"missing", None)
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.rmdir(1, b"base", None)
+        assert e.value.errno == errno.ENOTEMPTY
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.read(999, 0, 10)
+        assert e.value.errno == errno.EBADF
+        attrs = await ops.lookup(1, b"missing", None)
+        assert attrs.st_ino == 0  # a cached negative entry
+        real = vfs.getattr
+
+        def broken(ino: int) -> object:
+            raise RuntimeError("bug")
+
+        vfs.getattr = broken  # type: ignore[method-assign,assignment]
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getattr(1, None)
+        assert e.value.errno == errno.EIO
+        vfs.getattr = real  # type: ignore[method-assign]
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.mknod(1, b"fifo", 0o10644, 0, _Ctx())
+        assert e.value.errno == errno.EPERM
+
+    run_vfs(tmp_path, body)
+
+
+class _Ctx:
+    uid = 0
+    gid = 0
+    pid = os.getpid()
+    umask = 0o22
