@@ -5,14 +5,7 @@ would write it plus pbkfs's recovery files, recovers in a real PostgreSQL 15 thr
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +25,10 @@ from pbkfs.recovery import (
 )
 from pbkfs.view import open_view
 from pbkfs.view.export import export_tree
-from tests.conftest import REPO, require
+from tests.conftest import require
+from tests.support.pbkfs_program import server_side_pbkfs
+from tests.support.pitr import tree_state, wait_until_paused, wait_until_promoted
 from tests.support.postgres import (
-    PG_BIN,
-    PG_USER,
     PgCluster,
     free_port,
     pg_workdir,
@@ -46,47 +39,6 @@ from tests.support.postgres import (
 pytestmark = pytest.mark.postgres
 
 BACKUPS = ("TP2MRO", "TP2MRQ", "TP2MRW")
-PROMOTE_WAIT_STEPS = 1200  # x 0.25 s: a bound against hanging, not a timing assertion
-
-
-def _server_python() -> str | None:
-    """A Python of this interpreter's major.minor that the postgres OS user can run."""
-    want = f"{sys.version_info.major}.{sys.version_info.minor}"
-    seen = []
-    for cand in (sys.executable, shutil.which(f"python{want}"), f"/usr/bin/python{want}",
-                 "/usr/bin/python3"):
-        if not cand or cand in seen or not os.path.exists(cand):
-            continue
-        seen.append(cand)
-        proc = subprocess.run(["runuser", "-u", PG_USER, "--", cand, "-c",
-                               "import sys; print('%d.%d' % sys.version_info[:2])"],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode == 0 and proc.stdout.strip() == want:
-            return cand
-    return None
-
-
-@contextlib.contextmanager
-def server_side_pbkfs() -> Iterator[Path]:
-    """An executable `pbkfs` the PostgreSQL server (OS user postgres) can run.
-
-    The test virtualenv's interpreter may live where postgres cannot reach it, so
-    this wrapper runs this checkout's `pbkfs archive-get` with a system Python of
-    the same version and the virtualenv's packages.
-    """
-    python = _server_python()
-    require(python is not None, "a Python the postgres user can run, same version as the tests")
-    assert python is not None
-    with pg_workdir("pbkfs-bin-") as work:
-        program = work / "pbkfs"
-        paths = f"{REPO}:{sysconfig.get_paths()['purelib']}"
-        program.write_text(
-            "#!/bin/sh\n"
-            f"PYTHONPATH='{paths}' exec '{python}' -c 'import sys; "
-            "from pbkfs.cli.archive_get import archive_get; "
-            "archive_get.main(sys.argv[2:], prog_name=\"pbkfs archive-get\")' \"$@\"\n")
-        program.chmod(0o755)
-        yield program
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +46,6 @@ def server_program() -> Iterator[Path]:
     require(postgres_available(), "PostgreSQL 15 binaries and the postgres OS user")
     with server_side_pbkfs() as program:
         yield program
-
-
-def tree_state(root: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every file under root: proves nothing was written."""
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            out.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
-    return sorted(out)
 
 
 def run_queries(pg: PgCluster, sql: dict[str, str], no_generic_md5: list[str]) -> dict[str, Any]:
@@ -134,32 +76,6 @@ def run_queries(pg: PgCluster, sql: dict[str, str], no_generic_md5: list[str]) -
                  "history_rows"), sums, strict=True))
         out["databases"][db] = entry
     return out
-
-
-def wait_until_promoted(pg: PgCluster) -> None:
-    for _ in range(PROMOTE_WAIT_STEPS):
-        if not pg.is_running:
-            raise AssertionError(f"server stopped during recovery:\n{pg.log_tail()}")
-        proc = pg.run([PG_BIN / "psql", "-X", "-At", "-h", pg.sockdir, "-p", str(pg.port),
-                       "-U", PG_USER, "-d", "postgres", "-c", "SELECT pg_is_in_recovery()"],
-                      check=False, timeout=60)
-        if proc.returncode == 0 and proc.stdout.strip() == "f":
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"server did not finish recovery:\n{pg.log_tail()}")
-
-
-def wait_until_paused(pg: PgCluster) -> None:
-    sql = "SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()"
-    for _ in range(PROMOTE_WAIT_STEPS):
-        if not pg.is_running:
-            raise AssertionError(f"server stopped during recovery:\n{pg.log_tail()}")
-        proc = pg.run([PG_BIN / "psql", "-X", "-At", "-h", pg.sockdir, "-p", str(pg.port),
-                       "-U", PG_USER, "-d", "postgres", "-c", sql], check=False, timeout=60)
-        if proc.returncode == 0 and proc.stdout.strip() == "t|paused":
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"recovery did not pause at its target:\n{pg.log_tail()}")
 
 
 def recover(catalog: Path, backup_id: str, requested: RecoveryTarget, program: Path,

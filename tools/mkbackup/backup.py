@@ -1,4 +1,4 @@
-"""`backup -b FULL|DELTA --stream`: one online backup, start to finish.
+"""`backup -b FULL|DELTA [--stream]`: one online backup, start to finish.
 
 Order of events (pg_probackup 2.5.16's, minus what --stream with a temporary
 slot makes unnecessary):
@@ -10,7 +10,8 @@ slot makes unnecessary):
 4. PGDATA listed and copied (datafiles as page streams, -j workers),
    pg_control last;
 5. pg_backup_stop() -> stop LSN, backup_label, tablespace_map; WAL
-   start..stop copied into database/pg_wal;
+   start..stop copied into database/pg_wal (--stream), or waited for in the
+   catalog's WAL archive (ARCHIVE mode, see archive_backup.py);
 6. backup_label, tablespace_map, database_map, backup_content.control (its
    CRC into backup.control), then `status = OK`.
 
@@ -31,6 +32,13 @@ from pbkfs.catalog.ids import encode_id
 from pbkfs.catalog.lsn import format_lsn
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CatalogError, PbkfsError, UsageError
+from tools.mkbackup.archive import DEFAULT_ARCHIVE_TIMEOUT, archive_dir
+from tools.mkbackup.archive_backup import (
+    archived_wal_bytes,
+    check_archiving,
+    recovery_time_from_wal,
+    wait_archived,
+)
 from tools.mkbackup.catalogfiles import (
     S_IFREG,
     BackupControl,
@@ -67,6 +75,8 @@ class BackupOptions:
     dbname: str | None = None
     pgdata: Path | None = None  # overrides the instance's pgdata
     sync: bool = True
+    stream: bool = True  # False: ARCHIVE mode, the WAL comes from the catalog's archive
+    archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT  # seconds to wait for a segment
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -79,6 +89,8 @@ class BackupOptions:
             raise UsageError(f"--compress-level: {self.compress_level} is not in 0..9")
         if self.threads < 1:
             raise UsageError(f"-j/--threads: {self.threads} must be at least 1")
+        if self.archive_timeout < 1:
+            raise UsageError(f"--archive-timeout: {self.archive_timeout} must be at least 1")
 
 
 @dataclass
@@ -142,6 +154,18 @@ class _Run:
         self.backup_dir: Path | None = None
 
     @property
+    def archive(self) -> Path:
+        return archive_dir(self.inst.store, self.inst.name)
+
+    def wait_archived(self, first_lsn: int, last_lsn: int) -> None:
+        assert self.ctl is not None
+        wait_archived(
+            self.conn, self.archive, tli=self.ctl.timeline, first_lsn=first_lsn,
+            last_lsn=last_lsn, seg_size=self.inst.xlog_seg_size,
+            timeout=self.opts.archive_timeout, info=self.reporter.info,
+        )
+
+    @property
     def database(self) -> Path:
         assert self.backup_dir is not None
         return self.backup_dir / "database"
@@ -156,6 +180,8 @@ class _Run:
         info = self.conn.server_info()
         self.conn.check_can_backup(info)
         control = check_pgdata(self.inst, self.pgdata, info)
+        if not self.opts.stream:
+            check_archiving(self.conn, self.archive)
         if self.opts.mode == "DELTA":
             tli = self.conn.current_timeline()
             self.parent = find_parent(self.inst.backups_dir, tli, control.block_size)
@@ -168,6 +194,7 @@ class _Run:
             start_time=start,
             compress_alg=self.opts.compress_alg,
             compress_level=self.opts.compress_level,
+            stream=self.opts.stream,
             block_size=control.block_size,
             xlog_block_size=control.xlog_block_size,
             checksum_version=control.data_checksum_version,
@@ -195,6 +222,10 @@ class _Run:
         ctl.start_lsn, ctl.timeline = self.conn.start_backup(label, slot)
         self.write_control()
         rep.info(f"start LSN: {format_lsn(ctl.start_lsn)}, timeline: {ctl.timeline}")
+        if not opts.stream:
+            # pg_probackup: switch WAL, wait for the start segment to be archived.
+            self.conn.switch_wal_past(ctl.start_lsn, self.inst.xlog_seg_size)
+            self.wait_archived(ctl.start_lsn, ctl.start_lsn)
 
         files = list_pgdata(self.pgdata)
         ctl.pgdata_bytes = pgdata_bytes(files)
@@ -247,13 +278,23 @@ class _Run:
             ordered.append(self._add_file("tablespace_map", stop.spcmapfile.encode()))
         wal_dir = self.database / "pg_wal"
         wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-        wal = copy_wal(
-            self.pgdata, wal_dir, tli=ctl.timeline, start_lsn=ctl.start_lsn,
-            stop_lsn=stop.stop_lsn, seg_size=self.inst.xlog_seg_size,
-            system_identifier=control.system_identifier, sync=opts.sync,
-        )
-        for w in wal:
-            ordered.append(ContentEntry(f"pg_wal/{w.name}", w.size, w.mode, crc=w.crc))
+        if opts.stream:
+            wal = copy_wal(
+                self.pgdata, wal_dir, tli=ctl.timeline, start_lsn=ctl.start_lsn,
+                stop_lsn=stop.stop_lsn, seg_size=self.inst.xlog_seg_size,
+                system_identifier=control.system_identifier, sync=opts.sync,
+            )
+            for w in wal:
+                ordered.append(ContentEntry(f"pg_wal/{w.name}", w.size, w.mode, crc=w.crc))
+        else:
+            self.wait_archived(ctl.start_lsn, stop.stop_lsn)
+            when = recovery_time_from_wal(
+                self.archive, tli=ctl.timeline, start_lsn=ctl.start_lsn,
+                stop_lsn=stop.stop_lsn, seg_size=self.inst.xlog_seg_size,
+                xlog_blcksz=control.xlog_block_size,
+            )
+            if when is not None:
+                ctl.recovery_time = when
         dbmap = "".join(
             f'{{"dbOid":"{oid}", "datname":"{name}"}}\n' for oid, name in self.conn.database_map()
         )
@@ -353,6 +394,8 @@ class _Run:
                 else:
                     data += e.size
                     unc += e.full_size or e.size
+        if not ctl.stream:
+            wal = archived_wal_bytes(ctl.start_lsn, ctl.stop_lsn, self.inst.xlog_seg_size)
         ctl.data_bytes, ctl.uncompressed_bytes, ctl.wal_bytes = data, unc, wal
         ctl.content_crc = crc32c(text)
         ctl.end_time = int(time.time())
@@ -389,7 +432,8 @@ def run_backup(
         assert run.ctl is not None and run.backup_dir is not None
         reporter.info(
             f"backup start, instance: {instance}, backup ID: {run.ctl.backup_id}, backup mode:"
-            f" {opts.mode}, wal mode: STREAM, compress-algorithm: {opts.compress_alg},"
+            f" {opts.mode}, wal mode: {'STREAM' if opts.stream else 'ARCHIVE'},"
+            f" compress-algorithm: {opts.compress_alg},"
             f" compress-level: {opts.compress_level}"
         )
         if run.parent is not None:

@@ -2,9 +2,14 @@
 
     python -m tools.mkbackup init -B STORE
     python -m tools.mkbackup add-instance -B STORE --instance NAME -D PGDATA
-    python -m tools.mkbackup backup -B STORE --instance NAME -b FULL|DELTA --stream \\
+    python -m tools.mkbackup backup -B STORE --instance NAME -b FULL|DELTA [--stream] \\
         [--compress-algorithm none|zlib|pglz] [--compress-level N] [-j N] \\
-        [-h HOST] [-p PORT] [-U USER] [-d DBNAME]
+        [-h HOST] [-p PORT] [-U USER] [-d DBNAME] [--archive-timeout SECONDS]
+    python -m tools.mkbackup archive-push -B STORE --instance NAME \\
+        --wal-file-path=%p --wal-file-name=%f [--compress-algorithm none|zlib] [--overwrite]
+
+Without --stream a backup is ARCHIVE mode: it holds no WAL, the server's
+archive_command must be this archive-push into the same catalog.
 
 Messages go to stderr (`INFO: ...`, `ERROR: ...`); `backup` prints the new
 backup id alone on stdout, so scripts can capture it.
@@ -18,6 +23,12 @@ from pathlib import Path
 import click
 
 from pbkfs.errors import PbkfsError, UsageError
+from tools.mkbackup.archive import (
+    DEFAULT_ARCHIVE_TIMEOUT,
+    WAL_ALGORITHMS,
+    PushOptions,
+    archive_push,
+)
 from tools.mkbackup.backup import ALGORITHMS, BackupOptions, run_backup
 from tools.mkbackup.instance import add_instance, init_catalog
 from tools.mkbackup.progress import Reporter
@@ -39,7 +50,8 @@ def main() -> None:
     """Write pg_probackup 2.5-format backups of a running PostgreSQL 15.
 
     For tests, demos and benchmarks of pbkfs: the catalogs it writes are the
-    ones pg_probackup 2.5.16 writes (FULL and DELTA, --stream, none/zlib/pglz).
+    ones pg_probackup 2.5.16 writes (FULL and DELTA, STREAM or ARCHIVE,
+    none/zlib/pglz), and its WAL archive (archive-push).
     """
 
 
@@ -78,7 +90,10 @@ def add_instance_cmd(store: Path, instance: str, pgdata: Path) -> None:
     type=click.Choice(["FULL", "DELTA", "PAGE", "PTRACK"], case_sensitive=False),
     help="FULL, or DELTA (pages changed since the newest valid backup).",
 )
-@click.option("--stream", is_flag=True, help="Include the WAL in the backup (required).")
+@click.option(
+    "--stream", is_flag=True,
+    help="Include the WAL in the backup; without it the WAL is taken from the catalog's archive.",
+)
 @click.option(
     "--compress-algorithm", "compress_alg", default=None,
     type=click.Choice(ALGORITHMS, case_sensitive=False), help="Page compression (default none).",
@@ -97,6 +112,10 @@ def add_instance_cmd(store: Path, instance: str, pgdata: Path) -> None:
 @click.option("--no-sync", is_flag=True, help="Do not fsync the written files.")
 @click.option("--temp-slot", is_flag=True, help="Accepted for compatibility (always used).")
 @click.option("--progress", is_flag=True, help="Accepted for compatibility (bar on a terminal).")
+@click.option(
+    "--archive-timeout", default=DEFAULT_ARCHIVE_TIMEOUT, show_default=True, type=int,
+    help="Seconds to wait for a WAL segment to be archived (without --stream).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the backup id.")
 def backup_cmd(
     store: Path,
@@ -115,6 +134,7 @@ def backup_cmd(
     no_sync: bool,
     temp_slot: bool,
     progress: bool,
+    archive_timeout: int,
     quiet: bool,
 ) -> None:
     """Take an online backup of a running PostgreSQL 15."""
@@ -123,14 +143,63 @@ def backup_cmd(
         mode = mode.upper()
         if mode in ("PAGE", "PTRACK"):
             raise UsageError(f"-b {mode}: only FULL and DELTA backups can be written")
-        if not stream:
-            raise UsageError("only --stream backups can be written (add --stream)")
         alg = (compress_alg or ("zlib" if compress else "none")).lower()
         opts = BackupOptions(
             mode=mode, compress_alg=alg, compress_level=compress_level, threads=threads,
             host=host, port=port, user=user, dbname=dbname, pgdata=pgdata, sync=not no_sync,
+            stream=stream, archive_timeout=archive_timeout,
         )
         result = run_backup(store, instance, opts, Reporter(quiet=quiet))
     except PbkfsError as exc:
         _fail(exc)
     click.echo(result.backup_id)
+
+
+@main.command("archive-push")
+@_STORE
+@_INSTANCE
+@click.option("--wal-file-path", "wal_file_path", default=None, metavar="%p",
+              help="The file to archive, relative to the data directory (the working directory).")
+@click.option("--wal-file-name", "wal_file_name", required=True, metavar="%f",
+              help="Its name in the archive.")
+@click.option(
+    "--compress-algorithm", "compress_alg", default=None,
+    type=click.Choice((*WAL_ALGORITHMS, "pglz"), case_sensitive=False),
+    help="zlib: segments stored as .gz (default none).",
+)
+@click.option("--compress-level", default=1, show_default=True, type=int)
+@click.option("--compress", is_flag=True, help="Same as --compress-algorithm=zlib.")
+@click.option("--overwrite", is_flag=True, help="Replace an archived file with other content.")
+@click.option("--no-sync", is_flag=True, help="Do not fsync the archived file.")
+@click.option(
+    "--archive-timeout", default=DEFAULT_ARCHIVE_TIMEOUT, show_default=True, type=int,
+    help="Seconds to wait for another push's temp file before taking it over.",
+)
+def archive_push_cmd(
+    store: Path,
+    instance: str,
+    wal_file_path: str | None,
+    wal_file_name: str,
+    compress_alg: str | None,
+    compress_level: int,
+    compress: bool,
+    overwrite: bool,
+    no_sync: bool,
+    archive_timeout: int,
+) -> None:
+    """Copy one WAL file into the catalog's archive (archive_command; runs in PGDATA)."""
+    try:
+        alg = (compress_alg or ("zlib" if compress else "none")).lower()
+        opts = PushOptions(compress_alg=alg, compress_level=compress_level, overwrite=overwrite,
+                           sync=not no_sync, archive_timeout=archive_timeout)
+        click.echo(f"INFO: archive-push WAL file: {wal_file_name}, compression: {alg}", err=True)
+        result = archive_push(
+            store.absolute(), instance, wal_file_name, wal_file_path, opts,
+            log=lambda msg: click.echo(f"LOG: {msg}", err=True),
+        )
+    except PbkfsError as exc:
+        _fail(exc)
+    click.echo(
+        f"INFO: archive-push completed successfully, pushed: {int(result.pushed)}, skipped: "
+        f"{int(not result.pushed)}", err=True,
+    )
