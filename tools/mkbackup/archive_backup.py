@@ -14,6 +14,10 @@ pg_probackup 2.5.16's steps, kept here:
   server reported at stop;
 * wal-bytes = (stop segment - start segment) x segment size, at least one
   segment (pg_probackup's estimate of the archived WAL the backup needs).
+
+One difference that leaves no trace in the catalog: the temporary replication
+slot the --stream path takes is taken here too (it only keeps the server from
+recycling WAL while the backup runs).
 """
 
 from __future__ import annotations
