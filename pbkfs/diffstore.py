@@ -328,6 +328,12 @@ class ObjectStore:
             obj.map.sync()
         return obj
 
+    def needs_sync(self, fid: int) -> bool:
+        """Would fsync of `fid` wait for the disk (anything written since the last one)?"""
+        with self._lock:
+            obj = self._objs.get(fid)
+        return obj is not None and (obj.dirty or (obj.map is not None and obj.map.dirty))
+
     def remove(self, fid: int) -> None:
         with self._lock:
             obj = self._objs.pop(fid, None)

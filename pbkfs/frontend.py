@@ -43,6 +43,8 @@ from pbkfs.shm import Segment
 from pbkfs.source import Source, SourceSpec, open_source
 from pbkfs.vfs import Vfs
 
+BDI_MAX_RATIO = int(os.environ.get("PBKFS_BDI_MAX_RATIO", "20"))
+
 
 class MountOptions(msgspec.Struct):
     source: SourceSpec
@@ -55,6 +57,7 @@ class MountOptions(msgspec.Struct):
     threads: int = 8
     foreground: bool = False
     postgresql_conf: bool = True
+    tune_writeback: bool = True
 
 
 def log(msg: str) -> None:
@@ -333,6 +336,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
             await router.start(nursery)
             pyfuse3.init(ops, mnt, options)
             mounted = True
+            if opts.tune_writeback:
+                tune_bdi(mnt)
             write_record(RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids()))
             nursery.start_soon(_signals, mnt)
             ready(None)
@@ -347,7 +352,13 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main)
+        if os.environ.get("PBKFS_PROFILE"):
+            import cProfile
+
+            cProfile.runctx("trio.run(main)", globals(), {"trio": trio, "main": main},
+                            os.environ["PBKFS_PROFILE"])
+        else:
+            trio.run(main)
     except BaseException as exc:  # report, then clean up below
         if not mounted:
             ready(f"{exc}")
@@ -357,6 +368,11 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         if mounted:
             pyfuse3.close(unmount=status != 0)
         vfs.close_fds()
+        if ops.counts:
+            log("requests: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.counts.items())))
+            st = vfs.stats
+            log(f"reads: {st.reads_hot} in the frontend, {st.reads_worker} by workers; "
+                f"{st.writes} writes, {st.fsyncs} fsyncs, {st.journal_syncs} journal syncs")
         try:
             p.journal.write_snapshot(p.ns.snapshot(p.journal.generation + 1))
         except OSError as exc:
@@ -369,6 +385,40 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         p.source.close()
         log(f"unmounted {mnt}")
     return status
+
+
+def mount_device(mnt: str) -> str | None:
+    """major:minor of the mount at `mnt`, from mountinfo (never stat our own mount)."""
+    want = os.path.abspath(mnt)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode("unicode_escape") == want:
+                return fields[2]
+    return None
+
+
+BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO)}
+
+
+def tune_bdi(mnt: str) -> None:
+    """Let the kernel keep more dirty pages of this mount (root only; best effort).
+
+    FUSE mounts start with strict_limit and max_ratio 1%: a writer past a few
+    tens of MB of dirty pages is throttled and writeback runs constantly, one
+    request per dirty page. PostgreSQL dirties its data files steadily between
+    checkpoints, which then turns into a stream of small WRITEs and stalls.
+    """
+    dev = mount_device(mnt)
+    if dev is None:
+        return
+    for name, value in BDI_SETTINGS.items():
+        try:
+            with open(f"/sys/class/bdi/{dev}/{name}", "w") as f:
+                f.write(value)
+        except OSError as exc:
+            log(f"could not set {name}={value} for the mount's writeback ({exc.strerror})")
+            return
 
 
 def describe_source(spec: SourceSpec) -> str:

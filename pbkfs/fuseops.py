@@ -35,10 +35,13 @@ Handler = Callable[Params, Coroutine[Any, Any, T]]
 def _errors(fn: Handler[Params, T]) -> Handler[Params, T]:
     """FsError -> FUSEError; anything else is a bug: log it and answer EIO."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: Params.args, **kwargs: Params.kwargs) -> T:
         self = args[0]
         assert isinstance(self, Operations)
+        self.counts[name] = self.counts.get(name, 0) + 1
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
@@ -62,6 +65,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, vfs: Vfs, writeback: bool = True) -> None:
         super().__init__()
         self.vfs = vfs
+        self.counts: dict[str, int] = {}  # requests per operation (for `pbkfs stat`)
         self.enable_writeback_cache = writeback
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -64,6 +64,7 @@ class Node:
         "slot",
         "jpos",
         "freed",
+        "error",
     )
 
     def __init__(self, ino: int, kind: str, mode: int, uid: int, gid: int, t_ns: int) -> None:
@@ -90,6 +91,7 @@ class Node:
         self.slot = -1
         self.jpos = 0  # journal position of the last record this node's durability needs
         self.freed = False
+        self.error = 0  # errno of a failed write-behind, reported by the next fsync
 
     @property
     def st_mode(self) -> int:

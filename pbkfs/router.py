@@ -42,13 +42,21 @@ class WorkerDied(Exception):
 
 
 class Call:
-    """One request in flight."""
+    """One request in flight: awaited by a task, or completed through a callback."""
 
-    __slots__ = ("event", "reply")
+    __slots__ = ("event", "reply", "callback")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Callable[[P.Reply], None] | None = None) -> None:
         self.event = trio.Event()
         self.reply: P.Reply | None = None
+        self.callback = callback
+
+    def complete(self, reply: P.Reply) -> None:
+        self.reply = reply
+        if self.callback is not None:
+            self.callback(reply)
+        else:
+            self.event.set()
 
     async def wait(self) -> P.Reply:
         await self.event.wait()
@@ -75,46 +83,60 @@ class WorkerConn:
                 pass
         self.out = bytearray()
         self.out_event = trio.Event()
+        self.blocked = False  # the pipe was full at the last write
         self.pending: dict[int, Call] = {}
         self.alive = True
         self.ready = trio.Event()
         self.pid = proc.pid
         self.sent = 0
 
-    def submit(self, rid: int, frame: bytes) -> Call:
+    def submit(
+        self,
+        rid: int,
+        frame: bytes,
+        callback: Callable[[P.Reply], None] | None = None,
+        urgent: bool = True,
+    ) -> Call:
+        """Queue a frame; urgent ones (someone waits) are written at once with all before them.
+
+        Non-urgent frames (write-behind) wait for the writer task, which sends
+        everything queued by then in one system call: a burst of writeback
+        becomes a few pipe writes instead of one per page.
+        """
         if not self.alive:
             raise WorkerDied(f"worker {self.index} is not running")
-        call = Call()
+        call = Call(callback)
         self.pending[rid] = call
         self.sent += 1
-        if not self.out:
-            try:
-                n = os.write(self.wfd, frame)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                n = 0
-            if n == len(frame):
-                return call
-            frame = frame[n:]
         self.out += frame
-        self.out_event.set()
+        if urgent and not self.blocked:
+            self._flush()
+        if self.out:
+            self.out_event.set()
         return call
+
+    def _flush(self) -> None:
+        """Write as much of the queue as the pipe takes now."""
+        try:
+            n = os.write(self.wfd, self.out)
+        except BlockingIOError:
+            self.blocked = True
+            return
+        except OSError:
+            self._die()
+            return
+        del self.out[:n]
+        self.blocked = bool(self.out)
 
     async def writer(self) -> None:
         while self.alive:
             await self.out_event.wait()
             self.out_event = trio.Event()
-            while self.out:
-                await trio.lowlevel.wait_writable(self.wfd)
-                try:
-                    n = os.write(self.wfd, self.out)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    self._die()
-                    return
-                del self.out[:n]
+            while self.out and self.alive:
+                if self.blocked:
+                    await trio.lowlevel.wait_writable(self.wfd)
+                    self.blocked = False
+                self._flush()
 
     async def reader(self, on_death: Callable[[WorkerConn], None]) -> None:
         buf = P.FrameBuffer()
@@ -138,8 +160,7 @@ class WorkerConn:
                     continue
                 call = self.pending.pop(reply.rid, None)
                 if call is not None:
-                    call.reply = reply
-                    call.event.set()
+                    call.complete(reply)
 
     def _die(self) -> None:
         if not self.alive:
@@ -147,8 +168,7 @@ class WorkerConn:
         self.alive = False
         pending, self.pending = self.pending, {}
         for rid, call in pending.items():
-            call.reply = P.Err(rid, errno.EIO, f"worker {self.index} (pid {self.pid}) exited")
-            call.event.set()
+            call.complete(P.Err(rid, errno.EIO, f"worker {self.index} (pid {self.pid}) exited"))
         self.out_event.set()
 
     def close(self) -> None:
@@ -225,14 +245,20 @@ class Router:
             self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
                      f"{conn.proc.poll()}; its requests fail with EIO")
 
-    def submit(self, ino: int, req: P.Msg) -> Call:
+    def submit(
+        self,
+        ino: int,
+        req: P.Msg,
+        callback: Callable[[P.Reply], None] | None = None,
+        urgent: bool = True,
+    ) -> Call:
+        """Queue in call order per inode; the reply wakes the waiter or runs `callback`."""
         conn = self.conns[ino % self.n]
         try:
-            return conn.submit(req.rid, P.encode(req))
+            return conn.submit(req.rid, P.encode(req), callback, urgent)
         except WorkerDied as exc:
-            call = Call()
-            call.reply = P.Err(req.rid, errno.EIO, str(exc))
-            call.event.set()
+            call = Call(callback)
+            call.complete(P.Err(req.rid, errno.EIO, str(exc)))
             return call
 
     async def call(self, ino: int, req: P.Msg) -> P.Reply:

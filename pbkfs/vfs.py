@@ -79,6 +79,9 @@ class Vfs:
         self.max_fds = max_fds
         self.stats = Stats()
         self.journal_lock = trio.Lock()
+        self.pending_bytes = 0
+        self.max_pending = 64 << 20
+        self.space = trio.Event()
 
     # -- helpers -----------------------------------------------------------------
 
@@ -291,25 +294,47 @@ class Vfs:
         return reply.data
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
+        """Write-behind: answered once queued in the inode's FIFO, like a page cache.
+
+        Everything that could observe the write waits for it or goes behind it:
+        sizes are updated here, reads of an inode with writes in flight go to its
+        worker (FIFO), fsync is queued behind the writes and reports a failed one,
+        and the inode is not freed while writes are in flight. Queued bytes are
+        bounded (`max_pending`): past it, writers wait for their own write.
+        """
         node = self._handle(fh).node
+        if node.error:
+            raise FsError(node.error, "an earlier write of this file failed")
         fid = self.ns.bind(node)
         end = off + len(data)
         if end > node.size:
             node.size = end
+        n = len(data)
         node.inflight += 1
+        self.pending_bytes += n
         self.stats.writes += 1
-        self.stats.bytes_written += len(data)
-        try:
-            call = self.router.submit(
-                node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data)
-            )
-            reply = self._reply(await call.wait(), f"write {self._name(node)} at {off}")
-        finally:
+        self.stats.bytes_written += n
+        def done(reply: P.Reply) -> None:
             node.inflight -= 1
+            self.pending_bytes -= n
+            if isinstance(reply, P.Err):
+                self.log(f"write {self._name(node)} at {off}: {reply.message}")
+                if not node.error:
+                    node.error = reply.errno
+            elif isinstance(reply, P.Done):
+                node.slot = reply.slot
             self._settle(node)
-        assert isinstance(reply, P.Done)
-        node.slot = reply.slot
-        return len(data)
+            if self.pending_bytes <= self.max_pending:
+                self.space.set()
+
+        call = self.router.submit(
+            node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data), done,
+            urgent=False,
+        )
+        if self.pending_bytes > self.max_pending and call.reply is None:
+            self.space = trio.Event()
+            await self.space.wait()
+        return n
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         node = self._handle(fh).node
@@ -330,6 +355,9 @@ class Vfs:
         # Its name (creation, backup-file binding, renames) must survive too.
         if node.jpos > self.journal.synced:
             await self.sync_journal()
+        if node.error:
+            err, node.error = node.error, 0
+            raise FsError(err, "a write of this file failed")
 
     async def sync_journal(self) -> None:
         async with self.journal_lock:
@@ -338,7 +366,11 @@ class Vfs:
                 await trio.to_thread.run_sync(self.journal.sync)
 
     async def flush(self, fh: int) -> None:
-        self._handle(fh)
+        """close(): report a failed write-behind (like NFS), never wait for the disk."""
+        node = self._handle(fh).node
+        if node.error:
+            err, node.error = node.error, 0
+            raise FsError(err, "a write of this file failed")
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)

@@ -282,3 +282,37 @@ class _Ctx:
     gid = 0
     pid = os.getpid()
     umask = 0o22
+
+
+def test_failed_write_behind_is_reported_by_fsync(tmp_path: Path) -> None:
+    """Writes are answered once queued; one that fails later makes the next fsync fail."""
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        fh, node = vfs.create(1, "doomed", 0o600, os.O_RDWR, 0, 0)
+        assert node.fid is not None
+        os.mkdir(os.path.join(vfs.objects, str(node.fid)))  # the data file cannot be opened
+        assert await vfs.write(fh, 0, b"lost") == 4  # accepted (queued)
+        assert vfs.getattr(node.ino).size == 4
+        with pytest.raises(FsError) as e:
+            await vfs.fsync(fh, True)
+        assert e.value.errno == errno.EISDIR
+        await vfs.fsync(fh, True)  # reported once, like the kernel's writeback errors
+        await vfs.release(fh)
+
+    run_vfs(tmp_path, body)
+
+
+def test_write_behind_is_bounded(tmp_path: Path) -> None:
+    """Past max_pending queued bytes a writer waits for its own write."""
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        vfs.max_pending = 64 * 1024
+        fh, node = vfs.create(1, "big", 0o600, os.O_RDWR, 0, 0)
+        for i in range(64):
+            await vfs.write(fh, i * BS, bytes([i]) * BS)
+            assert vfs.pending_bytes <= vfs.max_pending + BS
+        await vfs.fsync(fh, True)
+        data = await vfs.read(fh, 0, 64 * BS)
+        assert data == b"".join(bytes([i]) * BS for i in range(64))
+
+    run_vfs(tmp_path, body)

@@ -19,6 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pbkfs import protocol as P
 from workers.handlers import Handlers
 
+# Switches for measurements: handle requests in the reading thread when they cannot block
+# long (default), and whether an fsync that must reach the disk may do so too.
+INLINE = os.environ.get("PBKFS_WORKER_INLINE", "1") == "1"
+FSYNC_INLINE = os.environ.get("PBKFS_FSYNC_INLINE", "0") == "1"
+
 
 class Worker:
     def __init__(
@@ -33,9 +38,13 @@ class Worker:
         self.qlock = threading.Lock()
         self.wlock = threading.Lock()
         self.handled = 0
+        self.replies = bytearray()
 
     def send(self, msg: P.Msg) -> None:
-        frame = memoryview(P.encode(msg))
+        self.send_raw(P.encode(msg))
+
+    def send_raw(self, data: bytes | bytearray) -> None:
+        frame = memoryview(data)
         with self.wlock:
             while frame:
                 n = os.write(self.wfd, frame)
@@ -62,7 +71,20 @@ class Worker:
             if q is not None:
                 q.append(req)
                 return
-            self.queues[ino] = deque([req])
+            # A thread hand-off costs about as much as a pipe round trip: only an fsync
+            # that has to wait for the disk goes to a thread (other inodes go on meanwhile).
+            slow = isinstance(req, P.Fsync) and self.handlers.store.needs_sync(req.fid)
+            if INLINE and (FSYNC_INLINE or not slow):
+                inline = True
+            else:
+                inline = False
+                self.queues[ino] = deque([req])
+        if inline:
+            # Nothing of this inode is queued: answer here, without a thread hand-off;
+            # replies of one input chunk leave together (see run).
+            self.handled += 1
+            self.replies += P.encode(self.handlers.handle(req))
+            return
         self.pool.submit(self._drain, ino)
 
     def run(self) -> int:
@@ -79,10 +101,17 @@ class Worker:
             for body in buf.feed(chunk):
                 req = P.request_decoder.decode(body)
                 if isinstance(req, P.Shutdown):
+                    self._flush_replies()
                     self._finish()
                     self.send(P.Done(req.rid))
                     return 0
                 self.submit(req)
+            self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        if self.replies:
+            data, self.replies = self.replies, bytearray()
+            self.send_raw(data)
 
     def _finish(self) -> None:
         """Let every queued request finish, then make everything durable."""

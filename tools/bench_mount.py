@@ -1,0 +1,290 @@
+"""pbkfs mount vs a local copy: pgbench TPC-B and select-only, mount time, memory.
+
+    .venv/bin/python -m tools.bench_mount [--scale 20] [--seconds 20] [--clients 1,8,16]
+        [--workers 1,2,4] [--local-wal] [--catalog DIR --instance main --backup-id ID]
+        [--out tools/bench_results/mount.md]
+
+In one run on one machine: makes a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, takes
+a FULL zlib `--stream` backup with `python -m tools.mkbackup` (unless --catalog is given),
+then for the local baseline and for each `--workers N` mount: a fresh data directory
+(local: the backup exported as restore writes it; mount: `pbkfs mount` with a fresh diff),
+PostgreSQL started on it, pgbench TPC-B (`-N` not used) then select-only (`-S`) at each
+client count for SECONDS each (prepared statements, `-j min(c, 2)`), the resident memory of
+every pbkfs process, and the time from `pbkfs mount` to the first successful query against
+the time to copy the whole data directory. Results go to a Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.mounting import force_unmount, mount_pids  # noqa: E402
+from tests.support.postgres import (  # noqa: E402
+    PgCluster,
+    free_port,
+    make_owned_dir,
+    pg_workdir,
+    prepare_datadir,
+    running_cluster,
+)
+
+PY = sys.executable
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def make_backup(work: Path, scale: int) -> tuple[Path, str, str, float, int]:
+    """Cluster + pgbench data + FULL backup; returns catalog, instance, id, cp seconds, bytes."""
+    store = work / "catalog"
+    with running_cluster(work, options={"max_wal_size": "4GB"}) as pg:
+        log(f"pgbench -i -s {scale} ...")
+        pg.pgbench(["-i", "-s", str(scale), "-q", "postgres"])
+        pg.psql("VACUUM ANALYZE; CHECKPOINT;")
+        base = [PY, "-m", "tools.mkbackup"]
+        subprocess.run([*base, "init", "-B", str(store)], check=True, cwd=REPO)
+        subprocess.run([*base, "add-instance", "-B", str(store), "--instance", "main",
+                        "-D", str(pg.datadir)], check=True, cwd=REPO)
+        log("backup FULL zlib ...")
+        out = subprocess.run(
+            [*base, "backup", "-B", str(store), "--instance", "main", "--stream", "-j", "2",
+             "-b", "FULL", "--compress-algorithm", "zlib", "-q", "-h", str(pg.sockdir),
+             "-p", str(pg.port), "-U", "postgres"],
+            check=True, cwd=REPO, capture_output=True, text=True,
+        )
+        backup_id = out.stdout.strip().split()[-1]
+        pg.stop()
+        # The baseline "copy the whole data directory" time, made durable.
+        copy = work / "cp-copy"
+        t0 = time.monotonic()
+        subprocess.run(["cp", "-a", str(pg.datadir), str(copy)], check=True)
+        subprocess.run(["sync", "-f", str(copy)], check=True)
+        cp_seconds = time.monotonic() - t0
+        size = du(copy)
+        shutil.rmtree(copy)
+    return store, "main", backup_id, cp_seconds, size
+
+
+def export(store: Path, instance: str, backup_id: str, dest: Path) -> float:
+    from pbkfs.view import open_view
+    from pbkfs.view.export import export_tree
+
+    t0 = time.monotonic()
+    view = open_view(store, instance, backup_id)
+    try:
+        export_tree(view, dest)
+    finally:
+        view.close()
+    # in-place tablespace directories need this on a restored copy too
+    with open(dest / "postgresql.auto.conf", "a") as f:
+        f.write("\nallow_in_place_tablespaces = 'on'\narchive_mode = 'off'\n")
+    subprocess.run(["sync", "-f", str(dest)], check=True)
+    return time.monotonic() - t0
+
+
+def first_query(pg: PgCluster, t0: float) -> float:
+    pg.start()
+    out = pg.psql("SELECT count(*) FROM pgbench_branches")
+    assert int(out) > 0
+    return time.monotonic() - t0
+
+
+def pgbench(pg: PgCluster, select: bool, clients: int, seconds: int) -> float:
+    args = ["-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+            "-T", str(seconds)]
+    if select:
+        args.append("-S")
+    res = pg.pgbench([*args, "postgres"])
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", res.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", res.stdout)
+    if m is None or (failed and int(failed.group(1))):
+        raise SystemExit(f"pgbench failed:\n{res.stdout}\n{res.stderr}")
+    return float(m.group(1))
+
+
+def rss(pids: list[int]) -> tuple[int, int]:
+    """(sum of VmRSS, sum of VmHWM) in KiB."""
+    now = peak = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                now += int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                peak += int(line.split()[1])
+    return now, peak
+
+
+def run_config(label: str, pg: PgCluster, clients: list[int], seconds: int,
+               results: dict[tuple[str, str, int], float]) -> None:
+    for select in (False, True):
+        mode = "select-only" if select else "TPC-B"
+        for c in clients:
+            tps = pgbench(pg, select, c, seconds)
+            results[(label, mode, c)] = tps
+            log(f"  {label} {mode} -c {c}: {tps:.0f} tps")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--scale", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--clients", default="1,8,16")
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--local-wal", action="store_true",
+                    help="also measure each mount with --local-wal")
+    ap.add_argument("--no-local", action="store_true", help="skip the local baseline")
+    ap.add_argument("--catalog", type=Path)
+    ap.add_argument("--instance", default="main")
+    ap.add_argument("--backup-id")
+    ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "mount.md")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    workers = [int(w) for w in args.workers.split(",")]
+    results: dict[tuple[str, str, int], float] = {}
+    startup: dict[str, float] = {}
+    memory: dict[str, tuple[int, int]] = {}
+    commands: list[str] = []
+    with pg_workdir("pbkfs-benchmount-") as work:
+        if args.catalog:
+            store, instance, backup_id = args.catalog, args.instance, args.backup_id
+            cp_seconds, size = float("nan"), 0
+        else:
+            store, instance, backup_id, cp_seconds, size = make_backup(work, args.scale)
+        log(f"backup {backup_id} in {store}")
+        configs: list[tuple[str, int | None, bool]] = []
+        if not args.no_local:
+            configs.append(("local copy", None, False))
+        for w in workers:
+            configs.append((f"pbkfs --workers {w}", w, False))
+            if args.local_wal:
+                configs.append((f"pbkfs --workers {w} --local-wal", w, True))
+        for label, nworkers, local_wal in configs:
+            log(label)
+            run = work / f"run-{len(startup)}"
+            make_owned_dir(run, 0o755)
+            data = run / "data"
+            if nworkers is None:
+                t0 = time.monotonic()
+                export_seconds = export(store, instance, backup_id, data)
+                prepare_datadir(data)
+                startup["export (restore) of the backup"] = export_seconds
+                with PgCluster(data, free_port(), run / "sock") as pg:
+                    startup["local: start to first query"] = first_query(pg, time.monotonic())
+                    run_config(label, pg, clients, args.seconds, results)
+                    pg.stop()
+                shutil.rmtree(data, ignore_errors=True)
+                continue
+            make_owned_dir(data, 0o700)
+            diff = run / "diff"
+            cmd = [PY, "-m", "pbkfs.cli.main", "mount", "-B", str(store), "--instance",
+                   instance, "-i", str(backup_id), "-D", str(data), "-d", str(diff),
+                   "--workers", str(nworkers)]
+            if local_wal:
+                cmd.append("--local-wal")
+            commands.append(shlex.join(["pbkfs", *cmd[3:]]))
+            try:
+                t0 = time.monotonic()
+                subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+                mounted_at = time.monotonic() - t0
+                with PgCluster(data, free_port(), run / "sock") as pg:
+                    startup[f"{label}: mount to first query"] = first_query(pg, t0)
+                    startup[f"{label}: mount command"] = mounted_at
+                    run_config(label, pg, clients, args.seconds, results)
+                    memory[label] = rss(mount_pids(diff))
+                    pg.stop()
+                subprocess.run([PY, "-m", "pbkfs.cli.main", "unmount", "-D", str(data)],
+                               check=True, cwd=REPO, capture_output=True, timeout=600)
+            finally:
+                force_unmount(data, diff)
+            log(f"  diff size {du(diff) / 1e6:.0f} MB")
+    write_report(args, clients, results, startup, memory, commands, cp_seconds, size)
+
+
+def write_report(args: argparse.Namespace, clients: list[int],
+                 results: dict[tuple[str, str, int], float], startup: dict[str, float],
+                 memory: dict[str, tuple[int, int]], commands: list[str], cp_seconds: float,
+                 size: int) -> None:
+    labels = list(dict.fromkeys(k[0] for k in results))
+    lines = [
+        "# pbkfs mount vs local copy",
+        "",
+        f"PostgreSQL 15, `pgbench -i -s {args.scale}` ({size / 1e6:.0f} MB data directory),"
+        f" FULL zlib `--stream` backup by `tools.mkbackup`. Each pgbench run: `-M prepared"
+        f" -T {args.seconds} -j min(c,2)`, TPC-B then select-only, on a fresh copy / fresh"
+        " diff per configuration, default PostgreSQL settings (shared_buffers 128MB), fsync on.",
+        f"Machine: {os.cpu_count()} CPUs ({cpu()}), Python {platform.python_version()}, "
+        f"kernel {platform.release()}.",
+        "",
+        "Command:",
+        "",
+        "    .venv/bin/python -m tools.bench_mount " + " ".join(sys.argv[1:]),
+        "",
+        "## Transactions per second (ratio to the local copy)",
+        "",
+    ]
+    head = "| configuration | " + " | ".join(
+        f"{m} -c {c}" for m in ("TPC-B", "select-only") for c in clients) + " |"
+    lines += [head, "| --- |" + " ---: |" * (2 * len(clients))]
+    local = "local copy"
+    for label in labels:
+        cells = []
+        for mode in ("TPC-B", "select-only"):
+            for c in clients:
+                tps = results.get((label, mode, c))
+                base = results.get((local, mode, c))
+                if tps is None:
+                    cells.append("-")
+                elif base and label != local:
+                    cells.append(f"{tps:.0f} ({tps / base:.2f})")
+                else:
+                    cells.append(f"{tps:.0f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Time to a usable database", "", "| what | seconds |", "| --- | ---: |"]
+    lines.append(f"| cp -a of the whole source data directory + sync | {cp_seconds:.1f} |")
+    for k, v in startup.items():
+        lines.append(f"| {k} | {v:.2f} |")
+    lines += ["", "## Memory of all pbkfs processes (frontend + workers), end of run", "",
+              "| configuration | RSS now (MB) | peak RSS (MB) |", "| --- | ---: | ---: |"]
+    for k, (now, peak) in memory.items():
+        lines.append(f"| {k} | {now / 1024:.0f} | {peak / 1024:.0f} |")
+    lines += ["", "Mount commands run (paths are temporary):", ""]
+    lines += [f"    {c}" for c in commands]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
