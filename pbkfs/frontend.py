@@ -296,7 +296,7 @@ def prepare(opts: MountOptions) -> Prepared:
     else:
         ns.load_entries(p.source.entries(), root_mode=0o700)
     ns.root.uid, ns.root.gid = p.uid, p.gid
-    replayed = ns.replay(records)
+    replayed = ns.replay(records, log)
     settle_objects(ns, diff, p.source)
     removed = collect_garbage(ns, diff)
     fresh = snap is None and not records

@@ -539,13 +539,23 @@ class Namespace:
 
     # -- replay ------------------------------------------------------------------------
 
-    def replay(self, records: Iterable[J.Record]) -> int:
-        """Apply journal records (no journaling); returns how many applied."""
+    def replay(self, records: Iterable[J.Record], log: Callable[[str], None] | None = None) -> int:
+        """Apply journal records (no journaling); returns how many applied.
+
+        A record that does not apply (it cannot, unless the diff was tampered
+        with) ends the replay there: what is kept is a prefix, never a guess.
+        """
         self.replaying = True
         n = 0
         try:
             for rec in records:
-                self._apply(rec)
+                try:
+                    self._apply(rec)
+                except FsError as exc:
+                    if log:
+                        log(f"journal record {n + 1} ({rec}) does not apply: {exc}; "
+                            "recovery stops before it")
+                    break
                 n += 1
         finally:
             self.replaying = False

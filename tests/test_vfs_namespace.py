@@ -242,3 +242,16 @@ def test_memory_flat_across_create_unlink_cycles() -> None:
     tracemalloc.stop()
     assert len(ns.inodes) == before
     assert grown < 64 * 1024, grown
+
+
+def test_replay_stops_at_a_record_that_does_not_apply() -> None:
+    ns, _ = make()
+    n = ns.replay([
+        J.Mknode("a", "f", 0o600, 0, 0, 5),
+        J.Remove("does/not/exist"),
+        J.Mknode("b", "f", 0o600, 0, 0, 6),
+    ], log=lambda _m: None)
+    assert n == 1
+    assert ns.resolve("a").fid == 5
+    with pytest.raises(FsError):
+        ns.resolve("b")
