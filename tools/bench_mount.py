@@ -57,8 +57,11 @@ def cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+def du(path: Path, allocated: bool = False) -> int:
+    files = [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
+    if allocated:
+        return sum(f.stat().st_blocks * 512 for f in files)
+    return sum(f.stat().st_size for f in files)
 
 
 def make_backup(work: Path, scale: int) -> tuple[Path, str, str, float, int]:
@@ -116,6 +119,20 @@ def first_query(pg: PgCluster, t0: float) -> float:
     return time.monotonic() - t0
 
 
+PREWARM = """
+CREATE EXTENSION IF NOT EXISTS pg_prewarm;
+SELECT sum(pg_prewarm(c.oid::regclass, 'read')) FROM pg_class c
+ WHERE c.relname LIKE 'pgbench%' AND c.relkind IN ('r', 'i');
+"""
+
+
+def prewarm(pg: PgCluster) -> float:
+    """Read every pgbench table and index once (into the OS cache, not shared buffers)."""
+    t0 = time.monotonic()
+    pg.psql(PREWARM)
+    return time.monotonic() - t0
+
+
 def pgbench(pg: PgCluster, select: bool, clients: int, seconds: int) -> float:
     args = ["-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
             "-T", str(seconds)]
@@ -145,14 +162,59 @@ def rss(pids: list[int]) -> tuple[int, int]:
     return now, peak
 
 
-def run_config(label: str, pg: PgCluster, clients: list[int], seconds: int,
-               results: dict[tuple[str, str, int], float]) -> None:
-    for select in (False, True):
-        mode = "select-only" if select else "TPC-B"
-        for c in clients:
-            tps = pgbench(pg, select, c, seconds)
-            results[(label, mode, c)] = tps
-            log(f"  {label} {mode} -c {c}: {tps:.0f} tps")
+class Config:
+    """One data directory under test (the local copy or a mount) with its server."""
+
+    def __init__(self, label: str, workers: int | None, local_wal: bool) -> None:
+        self.label = label
+        self.workers = workers
+        self.local_wal = local_wal
+        self.pg: PgCluster | None = None
+        self.data = Path()
+        self.diff: Path | None = None
+
+
+def bring_up(cfg: Config, run: Path, store: Path, instance: str, backup_id: str,
+             startup: dict[str, float], commands: list[str]) -> None:
+    make_owned_dir(run, 0o755)
+    cfg.data = run / "data"
+    if cfg.workers is None:
+        startup["export (restore) of the backup"] = export(store, instance, backup_id, cfg.data)
+        prepare_datadir(cfg.data)
+        cfg.pg = PgCluster(cfg.data, free_port(), run / "sock")
+        startup["local: start to first query"] = first_query(cfg.pg, time.monotonic())
+        startup["local: prewarm"] = prewarm(cfg.pg)
+        return
+    make_owned_dir(cfg.data, 0o700)
+    cfg.diff = run / "diff"
+    cmd = [PY, "-m", "pbkfs.cli.main", "mount", "-B", str(store), "--instance", instance,
+           "-i", str(backup_id), "-D", str(cfg.data), "-d", str(cfg.diff),
+           "--workers", str(cfg.workers)]
+    if cfg.local_wal:
+        cmd.append("--local-wal")
+    commands.append(shlex.join(["pbkfs", *cmd[3:]]))
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    mounted_at = time.monotonic() - t0
+    cfg.pg = PgCluster(cfg.data, free_port(), run / "sock")
+    startup[f"{cfg.label}: mount to first query"] = first_query(cfg.pg, t0)
+    startup[f"{cfg.label}: mount command alone"] = mounted_at
+    startup[f"{cfg.label}: prewarm"] = prewarm(cfg.pg)
+
+
+def tear_down(cfg: Config, memory: dict[str, tuple[int, int]], diffsize: dict[str, int]) -> None:
+    try:
+        if cfg.diff is not None:
+            memory[cfg.label] = rss(mount_pids(cfg.diff))
+        if cfg.pg is not None:
+            cfg.pg.teardown()
+        if cfg.diff is not None:
+            subprocess.run([PY, "-m", "pbkfs.cli.main", "unmount", "-D", str(cfg.data)],
+                           cwd=REPO, capture_output=True, timeout=600)
+            diffsize[cfg.label] = du(cfg.diff, allocated=True)
+    finally:
+        if cfg.diff is not None:
+            force_unmount(cfg.data, cfg.diff)
 
 
 def main() -> None:
@@ -164,7 +226,6 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--local-wal", action="store_true",
                     help="also measure each mount with --local-wal")
-    ap.add_argument("--no-local", action="store_true", help="skip the local baseline")
     ap.add_argument("--catalog", type=Path)
     ap.add_argument("--instance", default="main")
     ap.add_argument("--backup-id")
@@ -176,6 +237,7 @@ def main() -> None:
     startup: dict[str, float] = {}
     memory: dict[str, tuple[int, int]] = {}
     commands: list[str] = []
+    diffsize: dict[str, int] = {}
     with pg_workdir("pbkfs-benchmount-") as work:
         if args.catalog:
             store, instance, backup_id = args.catalog, args.instance, args.backup_id
@@ -183,59 +245,36 @@ def main() -> None:
         else:
             store, instance, backup_id, cp_seconds, size = make_backup(work, args.scale)
         log(f"backup {backup_id} in {store}")
-        configs: list[tuple[str, int | None, bool]] = []
-        if not args.no_local:
-            configs.append(("local copy", None, False))
+        configs = [Config("local copy", None, False)]
         for w in workers:
-            configs.append((f"pbkfs --workers {w}", w, False))
+            configs.append(Config(f"pbkfs --workers {w}", w, False))
             if args.local_wal:
-                configs.append((f"pbkfs --workers {w} --local-wal", w, True))
-        for label, nworkers, local_wal in configs:
-            log(label)
-            run = work / f"run-{len(startup)}"
-            make_owned_dir(run, 0o755)
-            data = run / "data"
-            if nworkers is None:
-                t0 = time.monotonic()
-                export_seconds = export(store, instance, backup_id, data)
-                prepare_datadir(data)
-                startup["export (restore) of the backup"] = export_seconds
-                with PgCluster(data, free_port(), run / "sock") as pg:
-                    startup["local: start to first query"] = first_query(pg, time.monotonic())
-                    run_config(label, pg, clients, args.seconds, results)
-                    pg.stop()
-                shutil.rmtree(data, ignore_errors=True)
-                continue
-            make_owned_dir(data, 0o700)
-            diff = run / "diff"
-            cmd = [PY, "-m", "pbkfs.cli.main", "mount", "-B", str(store), "--instance",
-                   instance, "-i", str(backup_id), "-D", str(data), "-d", str(diff),
-                   "--workers", str(nworkers)]
-            if local_wal:
-                cmd.append("--local-wal")
-            commands.append(shlex.join(["pbkfs", *cmd[3:]]))
-            try:
-                t0 = time.monotonic()
-                subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
-                mounted_at = time.monotonic() - t0
-                with PgCluster(data, free_port(), run / "sock") as pg:
-                    startup[f"{label}: mount to first query"] = first_query(pg, t0)
-                    startup[f"{label}: mount command"] = mounted_at
-                    run_config(label, pg, clients, args.seconds, results)
-                    memory[label] = rss(mount_pids(diff))
-                    pg.stop()
-                subprocess.run([PY, "-m", "pbkfs.cli.main", "unmount", "-D", str(data)],
-                               check=True, cwd=REPO, capture_output=True, timeout=600)
-            finally:
-                force_unmount(data, diff)
-            log(f"  diff size {du(diff) / 1e6:.0f} MB")
-    write_report(args, clients, results, startup, memory, commands, cp_seconds, size)
+                configs.append(Config(f"pbkfs --workers {w} --local-wal", w, True))
+        try:
+            for i, cfg in enumerate(configs):
+                log(f"starting {cfg.label}")
+                bring_up(cfg, work / f"run-{i}", store, instance, str(backup_id), startup,
+                         commands)
+            # Every configuration runs the same sequence, interleaved run by run, so a
+            # change in the machine's load hits all of them alike.
+            for select in (False, True):
+                mode = "select-only" if select else "TPC-B"
+                for c in clients:
+                    for cfg in configs:
+                        assert cfg.pg is not None
+                        tps = pgbench(cfg.pg, select, c, args.seconds)
+                        results[(cfg.label, mode, c)] = tps
+                        log(f"  {cfg.label} {mode} -c {c}: {tps:.0f} tps")
+        finally:
+            for cfg in configs:
+                tear_down(cfg, memory, diffsize)
+    write_report(args, clients, results, startup, memory, commands, cp_seconds, size, diffsize)
 
 
 def write_report(args: argparse.Namespace, clients: list[int],
                  results: dict[tuple[str, str, int], float], startup: dict[str, float],
                  memory: dict[str, tuple[int, int]], commands: list[str], cp_seconds: float,
-                 size: int) -> None:
+                 size: int, diffsize: dict[str, int]) -> None:
     labels = list(dict.fromkeys(k[0] for k in results))
     lines = [
         "# pbkfs mount vs local copy",
@@ -243,7 +282,12 @@ def write_report(args: argparse.Namespace, clients: list[int],
         f"PostgreSQL 15, `pgbench -i -s {args.scale}` ({size / 1e6:.0f} MB data directory),"
         f" FULL zlib `--stream` backup by `tools.mkbackup`. Each pgbench run: `-M prepared"
         f" -T {args.seconds} -j min(c,2)`, TPC-B then select-only, on a fresh copy / fresh"
-        " diff per configuration, default PostgreSQL settings (shared_buffers 128MB), fsync on.",
+        " diff per configuration, default PostgreSQL settings (shared_buffers 128MB), fsync on."
+        " All servers run side by side and the runs alternate between configurations (each"
+        " configuration gets the same sequence of runs)."
+        " Before pgbench, every pgbench table and index is read once with"
+        " `pg_prewarm(..., 'read')` (OS cache, not shared buffers) in every configuration, so"
+        " the runs compare steady states; the prewarm time is listed below.",
         f"Machine: {os.cpu_count()} CPUs ({cpu()}), Python {platform.python_version()}, "
         f"kernel {platform.release()}.",
         "",
@@ -276,9 +320,11 @@ def write_report(args: argparse.Namespace, clients: list[int],
     for k, v in startup.items():
         lines.append(f"| {k} | {v:.2f} |")
     lines += ["", "## Memory of all pbkfs processes (frontend + workers), end of run", "",
-              "| configuration | RSS now (MB) | peak RSS (MB) |", "| --- | ---: | ---: |"]
+              "| configuration | RSS now (MB) | peak RSS (MB) | diff on disk after the run (MB) |",
+              "| --- | ---: | ---: | ---: |"]
     for k, (now, peak) in memory.items():
-        lines.append(f"| {k} | {now / 1024:.0f} | {peak / 1024:.0f} |")
+        lines.append(f"| {k} | {now / 1024:.0f} | {peak / 1024:.0f} |"
+                     f" {diffsize.get(k, 0) / 1e6:.0f} |")
     lines += ["", "Mount commands run (paths are temporary):", ""]
     lines += [f"    {c}" for c in commands]
     args.out.parent.mkdir(parents=True, exist_ok=True)
