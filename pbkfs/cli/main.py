@@ -28,6 +28,10 @@ from pbkfs.cli.mount import mount, unmount  # noqa: E402
 cli.add_command(mount)
 cli.add_command(unmount)
 
+from pbkfs.cli.cleanup import cleanup  # noqa: E402
+
+cli.add_command(cleanup)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -1,0 +1,194 @@
+"""Wiping a diff directory (`pbkfs cleanup`): everything a mount kept there, and its binding.
+
+Safety rules, in the order they are checked:
+
+* a diff whose lock is held (flock) by a live mount is never touched, `--force`
+  or not: the refusal names the holder (pid, host, mount point);
+* a lock that names another host cannot be checked from here: refused unless
+  `--force`;
+* a directory without a binding is wiped only if it holds nothing but pbkfs's
+  own names (a mount that died before binding, a half-deleted diff), and only
+  with `--force`; a directory with anything else in it is not a pbkfs diff and
+  is refused; an empty directory is left as it is;
+* entries are removed without following symlinks (`shutil.rmtree` works on
+  directory file descriptors here), so a symlink in the diff is removed, never
+  what it points to.
+
+The lock stays held while the wipe runs and is removed last, so no mount can
+start on a half-wiped diff. The directory itself is kept (with its mode and
+owner), empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import stat
+
+import msgspec
+
+from pbkfs.diffdir import DiffDir, LockInfo
+from pbkfs.errors import UsageError
+
+# Everything a mount puts into a diff directory (see diffdir.py), and its temporary names.
+OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log"}
+
+
+def _own(name: str) -> bool:
+    return name in OWN_NAMES or name.startswith("binding.json.tmp.")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+    except (OSError, IndexError):
+        return False
+
+
+def _read_lock(fd: int) -> LockInfo | None:
+    raw = os.pread(fd, 4096, 0)
+    if not raw.strip():
+        return None
+    try:
+        return msgspec.json.decode(raw, type=LockInfo)
+    except msgspec.DecodeError:
+        return None
+
+
+def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
+    """flock the diff's lock file (created if missing); refuse if a live mount holds it."""
+    try:
+        st = os.lstat(diff.lock_path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{diff.lock_path} is not a regular file; refusing to touch "
+                             f"{diff.path}")
+    except FileNotFoundError:
+        pass
+    fd = os.open(diff.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = DiffDir.lock_holder(fd)
+        os.close(fd)
+        raise UsageError(f"diff directory {diff.path} is in use{holder}; unmount it first "
+                         f"(pbkfs unmount -D MOUNTPOINT)") from None
+    return fd, _read_lock(fd)
+
+
+def _stale_runtime(diff_path: str) -> list[str]:
+    """Runtime records (and shared memory) of dead mounts of this diff: removed."""
+    from pbkfs.runtime import RuntimeRecord, runtime_dir
+
+    notes: list[str] = []
+    d = runtime_dir()
+    if not os.path.isdir(d):
+        return notes
+    for name in os.listdir(d):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(d, name)
+        try:
+            with open(path, "rb") as f:
+                rec = msgspec.json.decode(f.read(), type=RuntimeRecord)
+        except (OSError, msgspec.DecodeError):
+            continue
+        if os.path.abspath(rec.diff) != diff_path or _pid_alive(rec.pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            import posix_ipc
+
+            posix_ipc.unlink_shared_memory(rec.shm)
+        except Exception:  # already gone
+            pass
+        notes.append(f"removed the runtime record of dead mount process {rec.pid} "
+                     f"(mount point {rec.mountpoint})")
+    return notes
+
+
+def wipe(path: str, force: bool = False) -> list[str]:
+    """Wipe the diff directory at `path`; returns what was done, one line each."""
+    if not os.path.lexists(path):
+        raise UsageError(f"diff directory {path} does not exist")
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise UsageError(f"diff directory {path} is not a directory")
+    diff = DiffDir(real)
+    notes: list[str] = []
+    names = sorted(os.listdir(real))
+    if not names:
+        return [f"{real} is empty; nothing to clean"]
+    binding_state = "ok"
+    try:
+        if diff.read_binding() is None:
+            binding_state = "missing"
+    except (UsageError, OSError) as exc:
+        binding_state = f"unreadable ({exc})"
+    if binding_state != "ok":
+        foreign = [n for n in names if not _own(n)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise UsageError(f"{real} is not a pbkfs diff directory (binding.json "
+                             f"{binding_state}; it holds {shown}): refusing to delete anything")
+    had_lock = os.path.lexists(diff.lock_path)
+    if binding_state != "ok" and not force and not had_lock:
+        raise UsageError(f"{real}: binding.json {binding_state}, but pbkfs state is there "
+                         f"({', '.join(names)}): a broken diff; --force wipes it")
+    fd, info = _take_lock(diff)  # a live mount (even one still starting) is refused here
+    if binding_state != "ok" and not force:
+        os.close(fd)
+        raise UsageError(f"{real}: binding.json {binding_state}, but pbkfs state is there "
+                         f"({', '.join(names)}): a broken diff; --force wipes it")
+    try:
+        if info is not None:
+            if info.host != socket.gethostname():
+                if not force:
+                    raise UsageError(
+                        f"diff directory {real} is locked by pid {info.pid} on host {info.host} "
+                        f"(mounted at {info.mountpoint}); this host cannot check that mount: "
+                        f"--force if it is gone")
+                notes.append(f"ignored the lock of pid {info.pid} on host {info.host}")
+            else:
+                notes.append(f"recovered the stale lock of pid {info.pid} (process gone; was "
+                             f"mounted at {info.mountpoint})")
+                from pbkfs.frontend import is_mountpoint
+
+                if is_mountpoint(info.mountpoint):
+                    notes.append(f"{info.mountpoint} is still attached (its process died): "
+                                 f"run pbkfs unmount -D {info.mountpoint}")
+        removed = 0
+        for name in os.listdir(real):
+            if name == "lock":
+                continue
+            p = os.path.join(real, name)
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(p)  # fd-based: symlinks inside are unlinked, never followed
+            else:
+                os.unlink(p)
+            removed += 1
+        os.unlink(diff.lock_path)
+        dfd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        notes += _stale_runtime(real)
+        notes.append(f"wiped {real} ({removed} entries and the lock; the directory is kept)")
+    finally:
+        os.close(fd)
+    return notes
+
+
+assert shutil.rmtree.avoids_symlink_attacks, "this platform's rmtree follows symlinks"
