@@ -70,8 +70,8 @@ def read_only_bind(src: Path, dest: Path) -> Iterator[Path]:
 
 def fds_into(pids: list[int], root: Path) -> tuple[list[str], list[str]]:
     """Descriptors of `pids` open on files under `root`: (read-only, with write access)."""
-    bad = []
-    good = []
+    bad: list[str] = []
+    good: list[str] = []
     prefix = os.path.abspath(root) + "/"
     for pid in pids:
         fddir = f"/proc/{pid}/fd"
