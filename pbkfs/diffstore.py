@@ -22,11 +22,12 @@ Crash rules, in the order the code follows them:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pbkfs.blockmap import BlockMap, MapFormatError, blocks_for
@@ -52,7 +53,7 @@ def map_path(objects: str, fid: int) -> str:
 class Obj:
     """One open object."""
 
-    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty")
+    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty", "new", "busy")
 
     def __init__(self, fid: int, origin: str | None, fd: int, size: int, bm: BlockMap | None):
         self.fid = fid
@@ -62,6 +63,8 @@ class Obj:
         self.map = bm
         self.slot = -1
         self.dirty = False
+        self.new = False  # its files were created here: their names need a directory fsync
+        self.busy = 0  # operations using it now: never closed under them
 
 
 def _pread_full(fd: int, length: int, off: int) -> bytes:
@@ -108,36 +111,55 @@ class ObjectStore:
         self._objs: OrderedDict[int, Obj] = OrderedDict()
         self._lock = threading.Lock()
         self._region_lock = threading.Lock()
+        self._slots: dict[int, int] = {}  # fid -> shared-memory slot, for the object's life
 
     # -- object table ------------------------------------------------------------
 
     def _get(self, fid: int, origin: str | None) -> Obj:
+        """The open object, marked busy (release with _put)."""
         with self._lock:
             obj = self._objs.get(fid)
             if obj is not None:
                 self._objs.move_to_end(fid)
+                obj.busy += 1
                 return obj
         obj = self._open(fid, origin)
         with self._lock:
+            obj.busy = 1
             self._objs[fid] = obj
-            self._evict()
+            self._evict(keep=fid)
         return obj
 
-    def _evict(self) -> None:
+    def _put(self, obj: Obj) -> None:
+        with self._lock:
+            obj.busy -= 1
+
+    @contextlib.contextmanager
+    def _using(self, fid: int, origin: str | None) -> Iterator[Obj]:
+        obj = self._get(fid, origin)
+        try:
+            yield obj
+        finally:
+            self._put(obj)
+
+    def _evict(self, keep: int) -> None:
         if len(self._objs) <= self.max_open:
             return
         for fid in list(self._objs):
             if len(self._objs) <= self.max_open:
                 break
             obj = self._objs[fid]
-            if obj.dirty or (obj.map is not None and obj.map.dirty):
+            if fid == keep or obj.busy:
                 continue
+            if obj.dirty or obj.new or (obj.map is not None and obj.map.dirty):
+                continue  # keep what an fsync still has to make durable
             del self._objs[fid]
             self._close(obj, release_slot=False)
 
     def _open(self, fid: int, origin: str | None) -> Obj:
         dpath = data_path(self.dir, fid)
         bm: BlockMap | None = None
+        created = False
         if origin is not None:
             mpath = map_path(self.dir, fid)
             try:
@@ -154,16 +176,23 @@ class ObjectStore:
                 bm = BlockMap.create(mpath, origin, base_size, self.bs)
                 fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
                 os.ftruncate(fd, base_size)
+                created = True
             else:
                 try:
                     fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
                 except FileNotFoundError:
                     fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                     os.ftruncate(fd, bm.base_size)
+                    created = True
         else:
-            fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                created = True
         size = os.fstat(fd).st_size
         obj = Obj(fid, origin, fd, size, bm)
+        obj.new = created
         if bm is not None:
             bm.clamp(size)
             self._publish(obj)
@@ -174,7 +203,11 @@ class ObjectStore:
         if self.region is None or bm is None:
             return
         with self._region_lock:
-            obj.slot = self.region.publish(obj.slot, obj.fid, bm.bits, bm.horizon)
+            # An object closed to save descriptors keeps its slot, so a slot the frontend
+            # knows never changes owner while that frontend node lives.
+            obj.slot = self.region.publish(self._slots.get(obj.fid, -1), obj.fid, bm.bits,
+                                           bm.horizon)
+            self._slots[obj.fid] = obj.slot
 
         def mirror(lo: int, hi: int, obj: Obj = obj) -> None:
             assert obj.map is not None and self.region is not None
@@ -182,6 +215,7 @@ class ObjectStore:
                 obj.slot = self.region.update(
                     obj.slot, obj.fid, obj.map.bits, lo, hi, obj.map.horizon
                 )
+                self._slots[obj.fid] = obj.slot
 
         bm.on_change = mirror
 
@@ -191,7 +225,7 @@ class ObjectStore:
             obj.map.close()
         if release_slot and self.region is not None:
             with self._region_lock:
-                self.region.release(obj.slot)
+                self.region.release(self._slots.pop(obj.fid, obj.slot))
             obj.slot = -1
 
     # -- reading ---------------------------------------------------------------
@@ -207,7 +241,10 @@ class ObjectStore:
         return data
 
     def read(self, fid: int, origin: str | None, off: int, length: int) -> bytes:
-        obj = self._get(fid, origin)
+        with self._using(fid, origin) as obj:
+            return self._read(obj, off, length)
+
+    def _read(self, obj: Obj, off: int, length: int) -> bytes:
         if off >= obj.size or length <= 0:
             return b""
         length = min(length, obj.size - off)
@@ -243,7 +280,11 @@ class ObjectStore:
     # -- writing ---------------------------------------------------------------
 
     def write(self, fid: int, origin: str | None, off: int, data: bytes) -> Obj:
-        obj = self._get(fid, origin)
+        with self._using(fid, origin) as obj:
+            self._write(obj, off, data)
+        return obj
+
+    def _write(self, obj: Obj, off: int, data: bytes) -> Obj:
         if not data:
             return obj
         end = off + len(data)
@@ -287,7 +328,11 @@ class ObjectStore:
         return obj
 
     def truncate(self, fid: int, origin: str | None, size: int) -> Obj:
-        obj = self._get(fid, origin)
+        with self._using(fid, origin) as obj:
+            self._truncate(obj, size)
+        return obj
+
+    def _truncate(self, obj: Obj, size: int) -> Obj:
         bm = obj.map
         bs = self.bs
         if size < obj.size and bm is not None:
@@ -315,8 +360,15 @@ class ObjectStore:
     def fsync(self, fid: int, datasync: bool) -> Obj | None:
         with self._lock:
             obj = self._objs.get(fid)
-        if obj is None:
-            return None  # not open here: nothing written since it was last made durable
+            if obj is None:
+                return None  # not open here: nothing written since it was last made durable
+            obj.busy += 1
+        try:
+            return self._fsync(obj, datasync)
+        finally:
+            self._put(obj)
+
+    def _fsync(self, obj: Obj, datasync: bool) -> Obj:
         if obj.dirty:
             obj.dirty = False
             try:
@@ -326,19 +378,32 @@ class ObjectStore:
                 raise
         if obj.map is not None:
             obj.map.sync()
+        if obj.new:
+            # The first fsync of a new object also makes its names in objects/ durable.
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            obj.new = False
         return obj
 
     def needs_sync(self, fid: int) -> bool:
         """Would fsync of `fid` wait for the disk (anything written since the last one)?"""
         with self._lock:
             obj = self._objs.get(fid)
-        return obj is not None and (obj.dirty or (obj.map is not None and obj.map.dirty))
+        return obj is not None and (
+            obj.dirty or obj.new or (obj.map is not None and obj.map.dirty)
+        )
 
     def remove(self, fid: int) -> None:
         with self._lock:
             obj = self._objs.pop(fid, None)
         if obj is not None:
             self._close(obj, release_slot=True)
+        elif self.region is not None and fid in self._slots:
+            with self._region_lock:
+                self.region.release(self._slots.pop(fid))
         for p in (data_path(self.dir, fid), map_path(self.dir, fid)):
             try:
                 os.unlink(p)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
 import pwd
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 
@@ -58,12 +58,19 @@ class MountOptions(msgspec.Struct):
     foreground: bool = False
     postgresql_conf: bool = True
     tune_writeback: bool = True
+    entry_timeout: float = 86400.0
+    attr_timeout: float = 86400.0
+    log_format: str = "text"
+    log_level: str = "info"
+    log_file: str = ""  # background mounts: default <diff>/pbkfs.log
+
+
+_logger = logging.getLogger("pbkfs.mount")
 
 
 def log(msg: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    sys.stderr.write(f"{stamp} pbkfs [{os.getpid()}]: {msg}\n")
-    sys.stderr.flush()
+    """One log line (text or JSON, set up by pbkfs.logsetup) on stderr or the diff's log."""
+    _logger.info(msg)
 
 
 def is_mountpoint(path: str) -> bool:
@@ -320,10 +327,12 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     mnt = os.path.abspath(opts.mountpoint)
     shm_name = f"/pbkfs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
-    router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads, log=log)
+    router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads, log=log,
+                    log_format=opts.log_format, log_level=opts.log_level)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log)
     vfs.bs = p.source.block_size
-    ops = Operations(vfs, writeback=opts.writeback)
+    ops = Operations(vfs, writeback=opts.writeback, entry_timeout=opts.entry_timeout,
+                     attr_timeout=opts.attr_timeout)
     options = {"fsname=pbkfs", "subtype=pbkfs", "default_permissions"}
     if p.uid != os.geteuid():
         options.add("allow_other")
@@ -451,7 +460,7 @@ def run(opts: MountOptions, ready: Callable[[str | None], None], background: boo
     try:
         p = prepare(opts)
         if background:
-            redirect_log(p.diff.log)
+            redirect_log(opts.log_file or p.diff.log)
     except PbkfsError as exc:
         ready(str(exc))
         return 2
@@ -487,6 +496,9 @@ def main(argv: list[str]) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from pbkfs.logsetup import setup_logging
+
+    setup_logging(opts.log_format, opts.log_level)  # stderr: the diff's log once redirected
     return run(opts, ready, background)
 
 

@@ -62,9 +62,17 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, vfs: Vfs, writeback: bool = True) -> None:
+    def __init__(
+        self,
+        vfs: Vfs,
+        writeback: bool = True,
+        entry_timeout: float = TIMEOUT,
+        attr_timeout: float = TIMEOUT,
+    ) -> None:
         super().__init__()
         self.vfs = vfs
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
         self.counts: dict[str, int] = {}  # requests per operation (for `pbkfs stat`)
         self.enable_writeback_cache = writeback
 
@@ -72,8 +80,8 @@ class Operations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
-        a.entry_timeout = TIMEOUT
-        a.attr_timeout = TIMEOUT
+        a.entry_timeout = self.entry_timeout
+        a.attr_timeout = self.attr_timeout
         a.st_mode = node.st_mode
         a.st_nlink = node.nlink
         a.st_uid = node.uid
@@ -96,7 +104,7 @@ class Operations(pyfuse3.Operations):
         if node is None:
             a = pyfuse3.EntryAttributes()
             a.st_ino = 0
-            a.entry_timeout = TIMEOUT
+            a.entry_timeout = self.entry_timeout
             return a
         return self.attrs(node)
 

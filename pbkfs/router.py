@@ -35,6 +35,8 @@ class WorkerSpec(msgspec.Struct):
     objects: str
     shm: str
     threads: int = 8
+    log_format: str = "text"
+    log_level: str = "info"
 
 
 class WorkerDied(Exception):
@@ -191,11 +193,14 @@ class Router:
         threads: int = 8,
         log: Callable[[str], None] | None = None,
         stderr: int | None = None,
+        log_format: str = "text",
+        log_level: str = "info",
     ) -> None:
         if n < 1:
             raise ValueError("need at least one worker")
         self.n = n
-        self.specs = [WorkerSpec(i, source, objects, shm, threads) for i in range(n)]
+        self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level)
+                      for i in range(n)]
         self.conns: list[WorkerConn] = []
         self._rid = 0
         self.log = log or (lambda _m: None)

@@ -15,6 +15,7 @@ import msgspec
 
 from pbkfs import protocol as P
 from pbkfs.diffstore import ObjectStore
+from pbkfs.logsetup import setup_logging
 from pbkfs.router import WorkerSpec
 from pbkfs.shm import Region, Segment
 from pbkfs.source import open_source
@@ -24,6 +25,7 @@ from workers.loop import Worker, log_line
 
 def main(argv: list[str]) -> int:
     spec = msgspec.json.decode(argv[1].encode(), type=WorkerSpec)
+    setup_logging(spec.log_format, spec.log_level)  # stderr is the mount's log
     # The frontend decides when we stop (Shutdown or closed pipe); Ctrl-C in a
     # foreground mount must not kill workers before they have synced.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -9,10 +9,9 @@ another). File I/O releases the GIL, so the threads overlap where it matters.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,6 +121,4 @@ class Worker:
 
 
 def log_line(index: int, msg: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    sys.stderr.write(f"{stamp} pbkfs worker {index} [{os.getpid()}]: {msg}\n")
-    sys.stderr.flush()
+    logging.getLogger(f"pbkfs.worker.{index}").info(msg)

@@ -22,9 +22,12 @@ from pbkfs.source import SourceSpec
               type=click.Path(path_type=str), help="Mount point: an existing empty directory.")
 @click.option("-d", "--diff-dir", "diff", required=True, type=click.Path(path_type=str),
               help="Where changes go (created if missing; one live mount per diff).")
-@click.option("--workers", type=int, default=lambda: os.cpu_count() or 1, show_default="CPUs",
-              help="Worker processes.")
-@click.option("--owner", help="USER[:GROUP] owning the files (default: the mount point's owner).")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes (default: mount.workers of the config, 0 = CPUs).")
+@click.option("--owner", help="USER[:GROUP] owning the files (default: mount.owner of the "
+              "config, else the mount point's owner).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
+              help="Configuration file (default: $PBKFS_CONFIG, else /etc/pbkfs/pbkfs.toml).")
 @click.option("--local-wal", is_flag=True,
               help="Keep pg_wal in a plain directory of the diff (pg_wal becomes a symlink).")
 @click.option("--no-postgresql-conf", is_flag=True,
@@ -34,8 +37,8 @@ from pbkfs.source import SourceSpec
 @click.option("--plain-base", hidden=True, type=click.Path(file_okay=False, path_type=str),
               help="Serve a plain directory instead of a backup (tests, benchmarks).")
 @click.option("--foreground", is_flag=True, help="Stay attached; log to stderr.")
-@click.option("--timeout", type=float, default=300.0, show_default=True,
-              help="Seconds to wait for the mount to answer.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds to wait for the mount to answer (default: mount.timeout).")
 @reports_errors
 def mount(
     store: str | None,
@@ -43,17 +46,26 @@ def mount(
     backup_id: str | None,
     mountpoint: str,
     diff: str,
-    workers: int,
+    workers: int | None,
     owner: str | None,
+    config_file: str | None,
     local_wal: bool,
     no_postgresql_conf: bool,
     no_writeback_cache: bool,
     plain_base: str | None,
     foreground: bool,
-    timeout: float,
+    timeout: float | None,
 ) -> None:
     """Mount a backup as a live, writable PostgreSQL data directory."""
     from pbkfs import daemon, frontend
+    from pbkfs.config import load_config
+
+    cfg = load_config(config_file)
+    if workers is None:
+        workers = cfg.effective_workers()
+    owner = owner or cfg.mount.owner or None
+    if timeout is None:
+        timeout = max(cfg.mount.timeout, 1.0)
 
     if plain_base:
         spec = SourceSpec("plain", path=os.path.abspath(plain_base))
@@ -75,7 +87,12 @@ def mount(
         owner=owner,
         local_wal=local_wal,
         writeback=not no_writeback_cache,
-        postgresql_conf=not no_postgresql_conf,
+        postgresql_conf=not no_postgresql_conf and cfg.mount.apply_postgresql_conf,
+        entry_timeout=cfg.mount.entry_timeout,
+        attr_timeout=cfg.mount.attr_timeout,
+        log_format=cfg.log.format,
+        log_level=cfg.log.level,
+        log_file=os.path.abspath(cfg.log.file) if cfg.log.file else "",
         foreground=foreground,
     )
     if foreground:

@@ -1,0 +1,86 @@
+"""Shared-memory block maps: what the frontend reads is what the worker's map says."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pbkfs.blockmap import BlockMap
+from pbkfs.diffstore import ObjectStore, map_path
+from pbkfs.shm import Region, Segment
+
+BS = 8192
+
+
+class Base:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        return self.files[path][offset : offset + length]
+
+    def base_size(self, path: str) -> int:
+        return len(self.files[path])
+
+
+@pytest.fixture
+def seg() -> Iterator[Segment]:
+    s = Segment.create(f"/pbkfs-t-{uuid.uuid4().hex[:8]}", 2, BS, region_size=1 << 20,
+                       slots=64)
+    try:
+        yield s
+    finally:
+        s.close()
+        s.unlink()
+
+
+def test_reader_sees_the_workers_map(tmp_path: Path, seg: Segment) -> None:
+    base = Base({"rel": random.Random(1).randbytes(4000 * BS)})
+    store = ObjectStore(str(tmp_path), base, BS, Region(seg, 1))
+    reader = Segment.attach(seg.name)
+    try:
+        obj = store.write(7, "rel", 5 * BS, b"x" * BS)
+        slot = obj.slot
+        assert slot >= 0
+        assert reader.covered(1, slot, 7, 5, 5)
+        assert not reader.covered(1, slot, 7, 4, 5)
+        assert not reader.covered(1, slot, 8, 5, 5)  # another object's id never matches
+        # growth past the first capacity moves the bitmap; the reply's slot follows it
+        obj = store.write(7, "rel", 3999 * BS, b"y" * BS)
+        assert reader.covered(1, obj.slot, 7, 3999, 3999)
+        assert reader.covered(1, obj.slot, 7, 5, 5)
+        # a truncation lowers the horizon: past it everything is in the diff
+        obj = store.truncate(7, "rel", 10 * BS)
+        assert reader.covered(1, obj.slot, 7, 10, 20)
+        assert not reader.covered(1, obj.slot, 7, 6, 6)
+        bm = BlockMap.load(map_path(str(tmp_path), 7), writable=False)
+        assert bm.horizon == 10 and bm.has(5) and not bm.has(6)
+        bm.close()
+    finally:
+        reader.close()
+        store.close_all()
+
+
+def test_slot_survives_eviction_and_is_freed_by_remove(tmp_path: Path, seg: Segment) -> None:
+    base = Base({f"f{i}": bytes(4 * BS) for i in range(10)})
+    store = ObjectStore(str(tmp_path), base, BS, Region(seg, 0), max_open=2)
+    slots = {}
+    for i in range(10):
+        obj = store.write(i + 1, f"f{i}", 0, b"a" * BS)
+        store.fsync(i + 1, True)  # clean: may be closed to save descriptors
+        slots[i + 1] = obj.slot
+    assert store.open_count() <= 3
+    for fid, slot in slots.items():  # reopened objects keep their slot
+        assert seg.covered(0, slot, fid, 0, 0)
+        store.read(fid, f"f{fid - 1}", 0, 10)
+        assert store.write(fid, f"f{fid - 1}", BS, b"b").slot == slot
+    used = {s for s, *_ in seg.entries(0)}
+    assert used == set(slots.values())
+    for fid in slots:
+        store.remove(fid)
+    assert seg.entries(0) == []
+    store.close_all()
