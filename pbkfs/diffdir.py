@@ -91,6 +91,7 @@ class DiffDir:
         self.wal = os.path.join(self.path, "wal")
         self.log = os.path.join(self.path, "pbkfs.log")
         self.lock_fd = -1
+        self.published = False
 
     def create(self) -> None:
         """Create the directory (0700) and its parts; existing content is kept."""
@@ -101,8 +102,12 @@ class DiffDir:
         for d in (self.ns, self.objects):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
-    def lock(self, mountpoint: str) -> None:
-        """Take the diff for this process (released by the kernel when it dies)."""
+    def lock(self) -> None:
+        """Take the diff for this process (released by the kernel when it dies).
+
+        Only the flock: who holds it is written by `publish_lock` once the mount
+        is sure to go ahead, so a refused mount leaves the diff as it was.
+        """
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,11 +115,15 @@ class DiffDir:
             holder = self.lock_holder(fd)
             os.close(fd)
             raise UsageError(f"diff directory {self.path} is in use{holder}") from None
+        self.lock_fd = fd
+
+    def publish_lock(self, mountpoint: str) -> None:
+        """Record the holder (pid, host, mount point) for refusals and `pbkfs cleanup`."""
         info = LockInfo(os.getpid(), socket.gethostname(), mountpoint,
                         time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, msgspec.json.encode(info), 0)
-        self.lock_fd = fd
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, msgspec.json.encode(info), 0)
+        self.published = True
 
     @staticmethod
     def lock_holder(fd: int) -> str:
@@ -126,9 +135,11 @@ class DiffDir:
 
     def unlock(self) -> None:
         if self.lock_fd >= 0:
-            os.ftruncate(self.lock_fd, 0)
+            if self.published:
+                os.ftruncate(self.lock_fd, 0)
             os.close(self.lock_fd)
             self.lock_fd = -1
+            self.published = False
 
     def read_binding(self) -> Binding | None:
         try:
@@ -141,6 +152,17 @@ class DiffDir:
 
     def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool) -> Binding:
         """Check the existing binding against `spec`, or write a new one."""
+        existing = self.check_binding(spec, chain, local_wal)
+        if existing is not None:
+            return existing
+        b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal)
+        write_atomic(self.binding_path, msgspec.json.encode(b))
+        return b
+
+    def check_binding(
+        self, spec: SourceSpec, chain: list[str], local_wal: bool
+    ) -> Binding | None:
+        """The existing binding if `spec` may use this diff (raises if not); None if unbound."""
         existing = self.read_binding()
         if existing is not None:
             if not _same_source(existing.source, spec):
@@ -160,7 +182,4 @@ class DiffDir:
                     f"diff directory {self.path} was made {have} --local-wal; "
                     f"mount it the same way"
                 )
-            return existing
-        b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal)
-        write_atomic(self.binding_path, msgspec.json.encode(b))
-        return b
+        return existing

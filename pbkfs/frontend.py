@@ -21,6 +21,7 @@ import logging
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -33,7 +34,7 @@ import trio
 from pbkfs.blockmap import BlockMap, MapFormatError
 from pbkfs.diffdir import DiffDir
 from pbkfs.diffstore import ObjectStore, data_path, map_path
-from pbkfs.errors import PbkfsError, UsageError
+from pbkfs.errors import CorruptionError, PbkfsError, UsageError
 from pbkfs.fuseops import Operations
 from pbkfs.journal import JournalDir
 from pbkfs.namespace import Namespace, Node
@@ -117,10 +118,17 @@ def check_mountpoint(mnt: str) -> None:
         raise UsageError(f"mount point {mnt} is not empty")
 
 
+FUSE_DEVICE = (10, 229)  # misc major, FUSE minor
+
+
 def check_fuse() -> None:
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing (load the fuse module, or give the container "
                          "--device /dev/fuse)")
+    st = os.stat("/dev/fuse")
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != FUSE_DEVICE:
+        raise UsageError("/dev/fuse is not the FUSE device (expected character device 10:229, "
+                         f"found {os.major(st.st_rdev)}:{os.minor(st.st_rdev)})")
     from shutil import which
 
     if which("fusermount3") is None:
@@ -291,8 +299,47 @@ def prepare(opts: MountOptions) -> Prepared:
     if os.path.realpath(diff.path).startswith(os.path.realpath(mnt) + os.sep):
         raise UsageError("the diff directory must not be inside the mount point")
     p.source = open_source(opts.source)
+    check_entries(p.source)
+    if os.path.isdir(diff.path):  # refuse a foreign diff before touching anything in it
+        diff.check_binding(opts.source, p.source.chain_ids(), opts.local_wal)
     diff.create()
-    diff.lock(mnt)
+    diff.lock()
+    try:
+        prepare_locked(opts, p, diff, mnt)
+    except BaseException:
+        diff.unlock()
+        raise
+    diff.publish_lock(mnt)
+    return p
+
+
+def check_entries(source: Source) -> None:
+    """Backup symlinks must stay inside the data directory (else writes could land anywhere)."""
+    for e in source.entries():
+        if e.kind != "l":
+            continue
+        target = e.target
+        if target.startswith("/") or _escapes(e.path, target):
+            raise CorruptionError(e.path, f"symlink to {target!r} leads out of the data "
+                                  "directory; refusing to mount it")
+
+
+def _escapes(path: str, target: str) -> bool:
+    """Does a relative link at `path` to `target` resolve outside the root?"""
+    stack = path.split("/")[:-1]
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return True
+            stack.pop()
+        else:
+            stack.append(part)
+    return False
+
+
+def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> None:
     p.diff = diff
     binding = diff.bind(opts.source, p.source.chain_ids(), opts.local_wal)
     jdir = JournalDir(diff.ns)
@@ -320,7 +367,6 @@ def prepare(opts: MountOptions) -> Prepared:
         log(f"recovered the namespace: {replayed} journal records, {removed} stale objects")
     p.ns = ns
     p.journal = jdir
-    return p
 
 
 def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) -> int:
@@ -343,7 +389,11 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         nonlocal mounted
         async with trio.open_nursery() as nursery:
             await router.start(nursery)
-            pyfuse3.init(ops, mnt, options)
+            try:
+                pyfuse3.init(ops, mnt, options)
+            except RuntimeError as exc:
+                raise UsageError(f"mounting {mnt} failed ({exc}): check /dev/fuse and "
+                                 "fusermount3") from None
             mounted = True
             if opts.tune_writeback:
                 tune_bdi(mnt)
@@ -369,9 +419,10 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         else:
             trio.run(main)
     except BaseException as exc:  # report, then clean up below
+        leaf = _leaf(exc)
         if not mounted:
-            ready(f"{exc}")
-        log(f"mount loop ended with {type(exc).__name__}: {exc}")
+            ready(f"{leaf}")
+        log(f"mount loop ended with {type(leaf).__name__}: {leaf}")
         status = 1
     finally:
         if mounted:
@@ -394,6 +445,13 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         p.source.close()
         log(f"unmounted {mnt}")
     return status
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (trio wraps errors of its tasks in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def mount_device(mnt: str) -> str | None:
