@@ -93,3 +93,13 @@ def test_restore_rewrites() -> None:
 def test_pretty_size_matches_pg_probackup() -> None:
     assert [pretty_size(n) for n in (44059786, 6286346, 1048576, 488223, 100)] == [
         "42MB", "6139kB", "1024kB", "477kB", "100B"]
+
+
+def test_link_targets_stay_inside() -> None:
+    from pbkfs.catalog.content import check_link_target
+
+    assert check_link_target("base/good", "../global") is None
+    assert check_link_target("pg_tblspc/16384", "/srv/ts1") is None  # legacy tablespace link
+    for path, target in (("evil", "/etc"), ("evil", "../x"), ("base/evil", "../../outside"),
+                         ("pg_tblspc/1/x", "/etc"), ("a", "")):
+        assert check_link_target(path, target) is not None

@@ -6,6 +6,7 @@ ends at the next double quote. Entries are keyed by (external_dir_num, path).
 
 from __future__ import annotations
 
+import posixpath
 import re
 import stat
 from pathlib import Path
@@ -76,6 +77,27 @@ def check_relative_path(path: str) -> str | None:
     return None
 
 
+TABLESPACE_LINK = re.compile(r"pg_tblspc/[0-9]+")
+
+
+def check_link_target(path: str, target: str) -> str | None:
+    """Why the symlink `path -> target` leaves the data directory, or None if it stays inside.
+
+    Old catalogs list `pg_tblspc/<oid>` with the tablespace's absolute location; that one is
+    allowed (the view shows the tablespace inside the data directory, never the host path).
+    """
+    if "\0" in target or not target:
+        return "empty or NUL link target"
+    if target.startswith("/"):
+        if TABLESPACE_LINK.fullmatch(path):
+            return None
+        return f"link target {target!r} is an absolute path outside the data directory"
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
+        return f"link target {target!r} leaves the data directory"
+    return None
+
+
 def _to_int(fields: dict[str, str], key: str, default: int | None, where: Path, lineno: int) -> int:
     raw = fields.get(key)
     if raw is None:
@@ -134,6 +156,10 @@ def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
         hdr_size=_to_int(fields, "hdr_size", 0, where, lineno),
         linked=fields.get("linked") or None,
     )
+    if entry.linked is not None:
+        why = check_link_target(path, entry.linked)
+        if why:
+            raise ParseError(where, f"entry {path!r}: {why}", lineno)
     if entry.n_headers < 0 or entry.hdr_off < 0 or entry.hdr_size < 0 or entry.segno < 0:
         raise ParseError(where, f"entry {path!r}: negative page-map field", lineno)
     if entry.n_headers and entry.hdr_size <= 0:

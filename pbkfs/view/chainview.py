@@ -97,6 +97,12 @@ class ChainView:
                 perm = tblspc_mode  # restore creates the tablespace directory with this mode
             self._entries[path] = ViewEntry(path, "d", perm, 0)
             self._sources[path] = None
+        elif entry.is_symlink and (entry.linked or "").startswith("/"):
+            # a legacy tablespace link (content.check_link_target admits no other absolute
+            # target): shown in place, like every tablespace
+            self.tablespaces[path] = entry.linked or ""
+            self._entries[path] = ViewEntry(path, "d", tblspc_mode, 0)
+            self._sources[path] = None
         elif entry.is_symlink:
             self._entries[path] = ViewEntry(path, "l", perm, len(entry.linked or ""), False,
                                             entry.linked or "")
