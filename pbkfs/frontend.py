@@ -74,6 +74,10 @@ def log(msg: str) -> None:
     _logger.info(msg)
 
 
+def log_error(msg: str) -> None:
+    _logger.error(msg)
+
+
 def is_mountpoint(path: str) -> bool:
     """From /proc/self/mountinfo only: never stat a mount point that may hang."""
     want = os.path.abspath(path)
@@ -373,9 +377,10 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     mnt = os.path.abspath(opts.mountpoint)
     shm_name = f"/pbkfs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
-    router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads, log=log,
+    router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
+                    log=log_error,
                     log_format=opts.log_format, log_level=opts.log_level)
-    vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log)
+    vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
     ops = Operations(vfs, writeback=opts.writeback, entry_timeout=opts.entry_timeout,
                      attr_timeout=opts.attr_timeout)
@@ -395,13 +400,21 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 raise UsageError(f"mounting {mnt} failed ({exc}): check /dev/fuse and "
                                  "fusermount3") from None
             mounted = True
-            if opts.tune_writeback:
-                tune_bdi(mnt)
             write_record(RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids()))
             nursery.start_soon(_signals, mnt)
-            ready(None)
-            log(f"mounted {describe_source(opts.source)} at {mnt} "
-                f"({opts.workers} workers, diff {p.diff.path})")
+
+            async def answering() -> None:
+                # The kernel's INIT has been answered: the mount works, and the kernel has
+                # set up its per-mount settings (which the INIT reply would overwrite).
+                await ops.initialized.wait()
+                await trio.sleep(0.05)
+                if opts.tune_writeback:
+                    tune_bdi(mnt)
+                ready(None)
+                log(f"mounted {describe_source(opts.source)} at {mnt} "
+                    f"({opts.workers} workers, diff {p.diff.path})")
+
+            nursery.start_soon(answering)
             try:
                 await pyfuse3.main()
             finally:
@@ -422,7 +435,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         leaf = _leaf(exc)
         if not mounted:
             ready(f"{leaf}")
-        log(f"mount loop ended with {type(leaf).__name__}: {leaf}")
+        log_error(f"mount loop ended with {type(leaf).__name__}: {leaf}")
         status = 1
     finally:
         if mounted:
@@ -465,7 +478,9 @@ def mount_device(mnt: str) -> str | None:
     return None
 
 
-BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO)}
+# read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers
+# (reads of files never written are routed by chunk), so cold data decodes on every CPU.
+BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO), "read_ahead_kb": "1024"}
 
 
 def tune_bdi(mnt: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from pbkfs.namespace import FsError, Node
 from pbkfs.vfs import Vfs
@@ -74,7 +75,12 @@ class Operations(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.counts: dict[str, int] = {}  # requests per operation (for `pbkfs stat`)
+        self.initialized = trio.Event()
         self.enable_writeback_cache = writeback
+
+    def init(self) -> None:
+        """The kernel's INIT request is being answered (called inside the FUSE loop)."""
+        self.initialized.set()
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()

@@ -288,7 +288,11 @@ class Vfs:
         self.stats.reads_worker += 1
         rid = self.router.rid()
         req = P.Read(rid, node.ino, fid, node.origin, size, off, length)
-        call = self.router.submit(node.ino, req)
+        # A file never written here has nothing to be ordered after: its reads are spread
+        # over the workers by 1 MiB chunk, so one big cold file decodes on every CPU.
+        # (Its first write binds it; every later request goes to the inode's worker.)
+        route = node.ino if fid is not None else node.ino + (off >> 20)
+        call = self.router.submit(route, req)
         reply = self._reply(await call.wait(), f"read {self._name(node)} at {off}")
         assert isinstance(reply, P.Data)
         return reply.data

@@ -121,4 +121,5 @@ class Worker:
 
 
 def log_line(index: int, msg: str) -> None:
-    logging.getLogger(f"pbkfs.worker.{index}").info(msg)
+    """Workers only log problems (failed requests, damaged maps)."""
+    logging.getLogger(f"pbkfs.worker.{index}").error(msg)
