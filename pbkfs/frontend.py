@@ -40,7 +40,7 @@ from pbkfs.journal import JournalDir
 from pbkfs.namespace import Namespace, Node
 from pbkfs.router import Router
 from pbkfs.runtime import RuntimeRecord, remove_record, write_record
-from pbkfs.shm import Segment
+from pbkfs.shm import Segment, remove_stale, segment_name
 from pbkfs.source import Source, SourceSpec, open_source
 from pbkfs.vfs import Vfs
 
@@ -375,7 +375,8 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
 
 def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) -> int:
     mnt = os.path.abspath(opts.mountpoint)
-    shm_name = f"/pbkfs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale()
+    shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
                     log=log_error,

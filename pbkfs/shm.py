@@ -19,6 +19,7 @@ Layout (little-endian):
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 
 import posix_ipc
@@ -33,6 +34,37 @@ ENTRY = struct.Struct("<QQQQ")  # fid, heap offset, capacity bytes, horizon
 DEFAULT_SLOTS = 16384
 DEFAULT_REGION = 64 << 20
 MIN_CAPACITY = 64
+
+
+def segment_name(pid: int, token: str) -> str:
+    """`/pbkfs-<pid of the mount process>-<token>`: the pid tells a stale segment."""
+    return f"/pbkfs-{pid}-{token}"
+
+
+def remove_stale(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink segments whose mount process is gone (it was killed before cleaning up)."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "pbkfs" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                alive = b"pbkfs" in f.read()
+        except OSError:
+            alive = False
+        if not alive:
+            try:
+                posix_ipc.unlink_shared_memory("/" + name)
+                removed.append(name)
+            except posix_ipc.ExistentialError:
+                pass
+    return removed
 
 
 def table_offset(worker: int, region_size: int) -> int:

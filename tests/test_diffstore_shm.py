@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -84,3 +85,23 @@ def test_slot_survives_eviction_and_is_freed_by_remove(tmp_path: Path, seg: Segm
         store.remove(fid)
     assert seg.entries(0) == []
     store.close_all()
+
+
+def test_stale_segments_of_dead_mounts_are_removed() -> None:
+    import posix_ipc
+
+    from pbkfs.shm import remove_stale, segment_name
+
+    dead = segment_name(2**22 + 12345, uuid.uuid4().hex[:8])  # no such pid
+    live = segment_name(os.getpid(), uuid.uuid4().hex[:8])  # the test runner: not pbkfs
+    mine = Segment.create(dead, 1, BS, region_size=1 << 16, slots=4)
+    other = Segment.create(live, 1, BS, region_size=1 << 16, slots=4)
+    try:
+        removed = remove_stale()
+        assert dead.lstrip("/") in removed
+        with pytest.raises(posix_ipc.ExistentialError):
+            Segment.attach(dead)
+    finally:
+        for s in (mine, other):
+            s.close()
+            s.unlink()

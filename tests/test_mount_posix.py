@@ -399,6 +399,18 @@ class MountVsTmpfs(RuleBasedStateMachine):
         a, b = self.both(os.unlink, path)
         assert a == b
 
+    @rule(path=st.sampled_from(NAMES), dest=st.sampled_from(["a", "conf", "/nonexistent/y"]))
+    def symlink(self, path: str, dest: str) -> None:
+        a = outcome(os.symlink, dest, str(self.mnt / path))
+        b = outcome(os.symlink, dest, str(self.ref / path))
+        assert a == b
+
+    @rule(path=st.sampled_from(NAMES + DIRS[1:]), mode=st.sampled_from([0o600, 0o640, 0o755]))
+    def chmod(self, path: str, mode: int) -> None:
+        a = outcome(os.chmod, str(self.mnt / path), mode)
+        b = outcome(os.chmod, str(self.ref / path), mode)
+        assert a == b
+
     @rule(path=st.sampled_from(DIRS[1:]))
     def mkdir(self, path: str) -> None:
         a, b = self.both(os.mkdir, path, 0o700)
@@ -478,20 +490,21 @@ class MountVsTmpfs(RuleBasedStateMachine):
         shutil.rmtree(self.ref, ignore_errors=True)
 
 
-def tree(root: Path) -> list[tuple[str, str, int, bytes | str]]:
-    out: list[tuple[str, str, int, bytes | str]] = []
+def tree(root: Path) -> list[tuple[str, str, int, int, bytes | str]]:
+    out: list[tuple[str, str, int, int, bytes | str]] = []
     for dp, dns, fns in os.walk(root):
         for n in dns + fns:
             p = os.path.join(dp, n)
             rel = os.path.relpath(p, root)
             st_ = os.lstat(p)
+            mode = stat.S_IMODE(st_.st_mode)
             if stat.S_ISLNK(st_.st_mode):
-                out.append((rel, "l", 0, os.readlink(p)))
+                out.append((rel, "l", 0, 0, os.readlink(p)))
             elif stat.S_ISDIR(st_.st_mode):
-                out.append((rel, "d", st_.st_nlink, b""))
+                out.append((rel, "d", st_.st_nlink, mode, b""))
             else:
                 with open(p, "rb") as f:
-                    out.append((rel, "f", st_.st_nlink, f.read()))
+                    out.append((rel, "f", st_.st_nlink, mode, f.read()))
     return sorted(out)
 
 
