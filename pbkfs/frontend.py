@@ -383,6 +383,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                     log_format=opts.log_format, log_level=opts.log_level)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
+    router.on_restart = vfs.worker_restarted
     ops = Operations(vfs, writeback=opts.writeback, entry_timeout=opts.entry_timeout,
                      attr_timeout=opts.attr_timeout)
     options = {"fsname=pbkfs", "subtype=pbkfs", "default_permissions"}

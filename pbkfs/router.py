@@ -15,6 +15,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -24,6 +25,7 @@ from pbkfs import protocol as P
 from pbkfs.source import SourceSpec
 
 F_SETPIPE_SZ = 1031
+MAX_RESTARTS_PER_MINUTE = 5
 PIPE_SIZE = 1 << 20
 
 
@@ -206,6 +208,9 @@ class Router:
         self.log = log or (lambda _m: None)
         self.stderr = stderr
         self.stopping = False
+        self.nursery: trio.Nursery | None = None
+        self.on_restart: Callable[[int], None] | None = None
+        self.restarts: list[list[float]] = [[] for _ in range(n)]  # times, per worker
 
     def worker_of(self, ino: int) -> int:
         return ino % self.n
@@ -227,6 +232,7 @@ class Router:
 
     async def start(self, nursery: trio.Nursery, timeout: float = 120.0) -> None:
         """Start every worker and wait until each has opened its view."""
+        self.nursery = nursery
         for spec in self.specs:
             conn = WorkerConn(spec.index, self._spawn(spec))
             self.conns.append(conn)
@@ -246,9 +252,32 @@ class Router:
             raise WorkerDied(f"workers did not start within {timeout:.0f} s")
 
     def _on_death(self, conn: WorkerConn) -> None:
-        if not self.stopping:
-            self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
-                     f"{conn.proc.poll()}; its requests fail with EIO")
+        if self.stopping:
+            return
+        recent = [t for t in self.restarts[conn.index] if time.monotonic() - t < 60]
+        self.restarts[conn.index] = recent
+        again = len(recent) < MAX_RESTARTS_PER_MINUTE and self.nursery is not None
+        self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
+                 f"{conn.proc.poll()}; its requests in flight fail with EIO; "
+                 + ("starting a new one from the diff on disk" if again
+                    else "it keeps dying: its inodes answer EIO from now on"))
+        if again:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._restart, conn)
+
+    async def _restart(self, old: WorkerConn) -> None:
+        """A new process for a dead worker: it reopens its objects from the diff on disk."""
+        self.restarts[old.index].append(time.monotonic())
+        await trio.to_thread.run_sync(_reap, old.proc)
+        old.close()
+        if self.stopping or self.nursery is None:
+            return
+        new = WorkerConn(old.index, self._spawn(self.specs[old.index]))
+        self.conns[old.index] = new
+        self.nursery.start_soon(new.writer)
+        self.nursery.start_soon(new.reader, self._on_death)
+        if self.on_restart is not None:
+            self.on_restart(old.index)
 
     def submit(
         self,

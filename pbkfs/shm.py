@@ -177,6 +177,16 @@ class Region:
         self.free_slots: list[int] = []
         self.free_space: list[tuple[int, int]] = []  # (offset, capacity)
 
+    def reset(self) -> None:
+        """Start the region afresh (a new worker process: the old one's maps are gone)."""
+        buf = self.seg.buf
+        buf[self.base : self.heap] = bytes(self.heap - self.base)
+        self.high = 0
+        self.bump = self.heap
+        self.free_slots.clear()
+        self.free_space.clear()
+        self._header()
+
     def _header(self) -> None:
         REGION_HEADER.pack_into(self.seg.buf, self.base, self.high, self.bump - self.heap)
 

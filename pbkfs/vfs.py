@@ -410,6 +410,12 @@ class Vfs:
         node = self.ns.get(ino)
         return self.ns.allowed(node, mode, uid, gids)
 
+    def worker_restarted(self, index: int) -> None:
+        """Its shared-memory maps were reset: read through it until writes republish them."""
+        for node in self.ns.inodes.values():
+            if node.slot >= 0 and self.router.worker_of(node.ino) == index:
+                node.slot = -1
+
     def close_fds(self) -> None:
         for fd in self.fds.values():
             os.close(fd)

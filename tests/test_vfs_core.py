@@ -228,18 +228,41 @@ def test_durable_after_fsync_and_kill9_of_workers(tmp_path: Path) -> None:
     run_vfs(tmp_path, check)
 
 
-def test_dead_worker_gives_eio_not_a_hang(tmp_path: Path) -> None:
+def test_dead_worker_gives_eio_then_is_restarted(tmp_path: Path) -> None:
+    """A killed worker: its requests in flight get EIO at once (no hang), a new process
+    takes over from the diff on disk, and what was written and fsynced is still there."""
+    files = make_base(tmp_path / "base")
+
     async def body(vfs: Vfs, router: Router) -> None:
+        restarted: list[int] = []
+        router.on_restart = restarted.append
         ino = lookup_path(vfs, "base/1/100")
-        fh = await vfs.open(ino, os.O_RDONLY)
+        fh = await vfs.open(ino, os.O_RDWR)
+        await vfs.write(fh, 0, b"W" * BS)
+        await vfs.fsync(fh, True)
         conn = router.conns[router.worker_of(ino)]
-        os.kill(conn.pid, signal.SIGKILL)
-        with trio.fail_after(30):
-            while conn.alive:
+        os.kill(conn.pid, signal.SIGSTOP)  # the next read is surely in flight at the kill
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                results: list[BaseException | bytes] = []
+
+                async def reader() -> None:
+                    try:
+                        results.append(await vfs.read(fh, BS, BS))
+                    except FsError as exc:
+                        results.append(exc)
+
+                n.start_soon(reader)
+                await trio.sleep(0.2)
+                os.kill(conn.pid, signal.SIGKILL)
+            assert isinstance(results[0], FsError) and results[0].errno == errno.EIO
+            while not restarted or not router.conns[0].ready.is_set():
                 await trio.sleep(0.01)
-            with pytest.raises(FsError) as e:
-                await vfs.read(fh, 0, BS)
-        assert e.value.errno == errno.EIO
+        assert restarted == [0] and router.conns[0] is not conn
+        assert await vfs.read(fh, 0, 2 * BS) == b"W" * BS + files["base/1/100"][BS : 2 * BS]
+        await vfs.write(fh, 3 * BS, b"after")
+        await vfs.fsync(fh, True)
+        assert await vfs.read(fh, 3 * BS, 5) == b"after"
 
     run_vfs(tmp_path, body, workers=1)
 

@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     if spec.shm:
         seg = Segment.attach(spec.shm, writable=True)
         region = Region(seg, spec.index)
+        region.reset()  # whatever an earlier process of this worker published is stale
     store = ObjectStore(spec.objects, source, source.block_size, region, log=log)
     worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
     worker.send(P.Ready(0, os.getpid(), spec.index))
