@@ -411,10 +411,21 @@ class Vfs:
         return self.ns.allowed(node, mode, uid, gids)
 
     def worker_restarted(self, index: int) -> None:
-        """Its shared-memory maps were reset: read through it until writes republish them."""
+        """Its shared-memory maps were reset: read through it until writes republish them.
+
+        Files whose queued writes died with it (their next fsync reports EIO) get their
+        size back from the diff file, so sizes never run ahead of the data.
+        """
         for node in self.ns.inodes.values():
-            if node.slot >= 0 and self.router.worker_of(node.ino) == index:
-                node.slot = -1
+            if self.router.worker_of(node.ino) != index:
+                continue
+            node.slot = -1
+            if node.error and node.fid is not None:
+                try:
+                    node.size = os.stat(data_path(self.objects, node.fid)).st_size
+                except FileNotFoundError:
+                    if node.origin is None:
+                        node.size = 0
 
     def close_fds(self) -> None:
         for fd in self.fds.values():
