@@ -37,6 +37,7 @@ from pbkfs.diffstore import ObjectStore, data_path, map_path
 from pbkfs.errors import CorruptionError, PbkfsError, UsageError
 from pbkfs.fuseops import Operations
 from pbkfs.journal import JournalDir
+from pbkfs.mountrecovery import MountRecovery, save_options
 from pbkfs.namespace import Namespace, Node
 from pbkfs.router import Router
 from pbkfs.runtime import RuntimeRecord, remove_record, write_record
@@ -64,6 +65,7 @@ class MountOptions(msgspec.Struct):
     log_format: str = "text"
     log_level: str = "info"
     log_file: str = ""  # background mounts: default <diff>/pbkfs.log
+    recovery: MountRecovery | None = None  # what a first mount adds for recovery
 
 
 _logger = logging.getLogger("pbkfs.mount")
@@ -254,9 +256,11 @@ def settings_text(settings: list[tuple[str, str]]) -> bytes:
 
 
 def apply_postgresql_conf(
-    ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int, extra: bool
+    ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int, extra: bool,
+    recovery_text: bytes = b"",
 ) -> None:
-    """First mount: append the mount's PostgreSQL settings to postgresql.auto.conf (in the diff)."""
+    """First mount: append the mount's PostgreSQL settings (and recovery settings, as restore
+    writes them) to postgresql.auto.conf (in the diff)."""
     from pbkfs.config import postgresql_settings
 
     settings = list(postgresql_settings()) if extra else []
@@ -269,7 +273,7 @@ def apply_postgresql_conf(
     store = ObjectStore(diff.objects, source, source.block_size)
     try:
         fid = ns.bind(node)
-        text = settings_text(settings)
+        text = settings_text(settings) + recovery_text
         if node.size and node.origin is not None:
             last = source.read(node.origin, node.size - 1, 1)
             if last != b"\n":
@@ -279,6 +283,27 @@ def apply_postgresql_conf(
         store.sync_all()
     finally:
         store.close_all()
+
+
+def create_recovery_files(
+    ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int, rec: MountRecovery
+) -> None:
+    """First mount: the files restore creates for recovery (recovery.signal), in the diff,
+    and the recovery target recorded so a remount never recovers again."""
+    store = ObjectStore(diff.objects, source, source.block_size)
+    try:
+        for name, content in rec.create.items():
+            if ns.root.children and name in ns.root.children:
+                continue
+            node = ns.create(ns.root.ino, name, "f", 0o600, uid, gid)
+            node.lookups = 0
+            if content:
+                store.write(ns.bind(node), node.origin, 0, content)
+                node.size = len(content)
+        store.sync_all()
+    finally:
+        store.close_all()
+    save_options(diff.path, rec.options)
 
 
 def _remove_tree(ns: Namespace, d: Node) -> None:
@@ -361,7 +386,11 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
     if fresh:
         # The first mount of this diff: shape the tree once, then persist it as a snapshot.
         if ns.root.children and "PG_VERSION" in ns.root.children:  # a data directory
-            apply_postgresql_conf(ns, diff, p.source, p.uid, p.gid, opts.postgresql_conf)
+            rec = opts.recovery
+            apply_postgresql_conf(ns, diff, p.source, p.uid, p.gid, opts.postgresql_conf,
+                                  rec.auto_conf_append if rec else b"")
+            if rec is not None and (rec.create or rec.options):
+                create_recovery_files(ns, diff, p.source, p.uid, p.gid, rec)
         if opts.local_wal:
             setup_local_wal(ns, diff, p.source, p.uid, p.gid)
         jdir.sync()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
 from pbkfs.cli.common import reports_errors
 from pbkfs.errors import UsageError
+from pbkfs.mountrecovery import MountRecovery, plan_mount
+from pbkfs.recovery import recovery_target_options, target_from_options
 from pbkfs.source import SourceSpec
 
 
@@ -39,6 +42,7 @@ from pbkfs.source import SourceSpec
 @click.option("--foreground", is_flag=True, help="Stay attached; log to stderr.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds to wait for the mount to answer (default: mount.timeout).")
+@recovery_target_options
 @reports_errors
 def mount(
     store: str | None,
@@ -55,8 +59,15 @@ def mount(
     plain_base: str | None,
     foreground: bool,
     timeout: float | None,
+    **recovery_options: Any,
 ) -> None:
-    """Mount a backup as a live, writable PostgreSQL data directory."""
+    """Mount a backup as a live, writable PostgreSQL data directory.
+
+    ARCHIVE-mode backups (and any backup given a --recovery-target-* option) get recovery
+    settings as `pg_probackup restore` writes them, with restore_command = `pbkfs
+    archive-get` on this catalog; by default they stop at the backup's consistent point and
+    promote. With a target and no -i, pbkfs picks the newest backup that can reach it.
+    """
     from pbkfs import daemon, frontend
     from pbkfs.config import load_config
 
@@ -67,16 +78,22 @@ def mount(
     if timeout is None:
         timeout = max(cfg.mount.timeout, 1.0)
 
+    recovery: MountRecovery | None = None
     if plain_base:
         spec = SourceSpec("plain", path=os.path.abspath(plain_base))
     else:
-        missing = [n for n, v in (("-B/--backup-path", store), ("--instance", instance),
-                                  ("-i/--backup-id", backup_id)) if not v]
+        missing = [n for n, v in (("-B/--backup-path", store), ("--instance", instance))
+                   if not v]
         if missing:
             raise UsageError(f"missing {', '.join(missing)}")
-        assert store and instance and backup_id
+        assert store and instance
+        target = target_from_options(recovery_options)
+        recovery = plan_mount(os.path.abspath(store), instance, backup_id, target,
+                              os.path.abspath(diff))
+        if recovery.describe:
+            click.echo(recovery.describe, err=True)
         spec = SourceSpec("catalog", store=os.path.abspath(store), instance=instance,
-                          backup_id=backup_id)
+                          backup_id=recovery.backup_id)
     if workers < 1:
         raise UsageError(f"--workers {workers}: need at least 1")
     opts = frontend.MountOptions(
@@ -94,6 +111,7 @@ def mount(
         log_level=cfg.log.level,
         log_file=os.path.abspath(cfg.log.file) if cfg.log.file else "",
         foreground=foreground,
+        recovery=recovery,
     )
     if foreground:
         def ready(err: str | None) -> None:
