@@ -24,13 +24,16 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pyfuse3
 import trio
 
+from pbkfs import control
 from pbkfs.blockmap import BlockMap, MapFormatError
 from pbkfs.diffdir import DiffDir
 from pbkfs.diffstore import ObjectStore, data_path, map_path
@@ -40,7 +43,7 @@ from pbkfs.journal import JournalDir
 from pbkfs.mountrecovery import MountRecovery, save_options
 from pbkfs.namespace import Namespace, Node
 from pbkfs.router import Router
-from pbkfs.runtime import RuntimeRecord, remove_record, write_record
+from pbkfs.runtime import RuntimeRecord, control_path, remove_record, write_record
 from pbkfs.shm import Segment, remove_stale, segment_name
 from pbkfs.source import Source, SourceSpec, open_source
 from pbkfs.vfs import Vfs
@@ -431,8 +434,13 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 raise UsageError(f"mounting {mnt} failed ({exc}): check /dev/fuse and "
                                  "fusermount3") from None
             mounted = True
-            write_record(RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids()))
+            ctl = control_path(mnt)
+            os.makedirs(os.path.dirname(ctl), mode=0o700, exist_ok=True)
+            write_record(RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids(),
+                                       ctl))
             nursery.start_soon(_signals, mnt)
+            stats = MountStats(ops, vfs, router, p.diff.path)
+            nursery.start_soon(control.serve, ctl, stats.answer)
 
             async def answering() -> None:
                 # The kernel's INIT has been answered: the mount works, and the kernel has
@@ -489,6 +497,65 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         p.source.close()
         log(f"unmounted {mnt}")
     return status
+
+
+class MountStats:
+    """What the control socket reports: requests, latencies, workers, the diff."""
+
+    def __init__(self, ops: Operations, vfs: Vfs, router: Router, diff: str) -> None:
+        self.ops = ops
+        self.vfs = vfs
+        self.router = router
+        self.diff = diff
+        self.started = time.time()
+        self.since = time.time()
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd", "stat") != "stat":
+            return {"error": f"unknown command {request.get('cmd')!r}"}
+        st = self.vfs.stats
+        out: dict[str, Any] = {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "counters_since_s": round(time.time() - self.since, 1),
+            "operations": {k: v.summary() for k, v in sorted(self.ops.latency.items())},
+            "reads": {"frontend": st.reads_hot, "worker": st.reads_worker,
+                      "bytes": st.bytes_read},
+            "writes": {"count": st.writes, "bytes": st.bytes_written,
+                       "queued_bytes": self.vfs.pending_bytes},
+            "fsyncs": st.fsyncs,
+            "journal_syncs": st.journal_syncs,
+            "inodes": len(self.vfs.ns.inodes),
+            "open_files": len(self.vfs.handles),
+            "workers": [
+                {"index": c.index, "pid": c.pid, "alive": c.alive, "in_flight": len(c.pending),
+                 "sent": c.sent, "restarts": len(self.router.restarts[c.index])}
+                for c in self.router.conns
+            ],
+            "diff_bytes": _allocated(os.path.join(self.diff, "objects")),
+        }
+        if request.get("reset"):
+            self.ops.latency.clear()
+            self.ops.counts.clear()
+            self.vfs.stats.__init__()  # type: ignore[misc]
+            for c in self.router.conns:
+                c.sent = 0
+            self.since = time.time()
+        return out
+
+
+def _allocated(path: str) -> int:
+    total = 0
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                try:
+                    total += e.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return total
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
+from pbkfs.control import Latency
 from pbkfs.namespace import FsError, Node
 from pbkfs.vfs import Vfs
 
@@ -43,6 +45,7 @@ def _errors(fn: Handler[Params, T]) -> Handler[Params, T]:
         self = args[0]
         assert isinstance(self, Operations)
         self.counts[name] = self.counts.get(name, 0) + 1
+        t0 = time.perf_counter_ns()
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
@@ -55,6 +58,11 @@ def _errors(fn: Handler[Params, T]) -> Handler[Params, T]:
         except Exception as exc:  # noqa: BLE001 - the kernel gets EIO, the log the reason
             self.vfs.log(f"{fn.__name__}: internal error {type(exc).__name__}: {exc}")
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            lat = self.latency.get(name)
+            if lat is None:
+                lat = self.latency[name] = Latency()
+            lat.add(time.perf_counter_ns() - t0)
 
     return wrapper
 
@@ -75,6 +83,7 @@ class Operations(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.counts: dict[str, int] = {}  # requests per operation (for `pbkfs stat`)
+        self.latency: dict[str, Latency] = {}
         self.initialized = trio.Event()
         self.enable_writeback_cache = writeback
 

@@ -14,6 +14,7 @@ class RuntimeRecord(msgspec.Struct):
     diff: str
     shm: str
     workers: list[int]
+    control: str = ""  # Unix socket answering `pbkfs stat` (pbkfs.control)
 
 
 def runtime_dir() -> str:
@@ -28,6 +29,10 @@ def record_path(mountpoint: str) -> str:
     # hang on a mount whose process is stuck (or deadlock the process itself).
     key = hashlib.sha1(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(runtime_dir(), f"{key}.json")
+
+
+def control_path(mountpoint: str) -> str:
+    return record_path(mountpoint)[: -len(".json")] + ".sock"
 
 
 def write_record(rec: RuntimeRecord) -> None:

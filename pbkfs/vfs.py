@@ -46,6 +46,7 @@ class Stats:
     def __init__(self) -> None:
         self.reads_hot = 0
         self.reads_worker = 0
+        self.bytes_read = 0
         self.writes = 0
         self.bytes_written = 0
         self.fsyncs = 0
@@ -284,6 +285,7 @@ class Vfs:
                     data = os.pread(fd, length, off)
                     if len(data) == length:
                         self.stats.reads_hot += 1
+                        self.stats.bytes_read += length
                         return data
         self.stats.reads_worker += 1
         rid = self.router.rid()
@@ -295,6 +297,7 @@ class Vfs:
         call = self.router.submit(route, req)
         reply = self._reply(await call.wait(), f"read {self._name(node)} at {off}")
         assert isinstance(reply, P.Data)
+        self.stats.bytes_read += len(reply.data)
         return reply.data
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
