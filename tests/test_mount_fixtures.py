@@ -9,7 +9,6 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ from tests.support.postgres import (
     pg_workdir,
     require_postgres,
 )
+from tests.support.queries import run_queries
 
 pytestmark = [pytest.mark.mount, pytest.mark.postgres]
 
@@ -62,41 +62,6 @@ def tree_state(root: Path) -> list[tuple[str, int, int]]:
             st = os.stat(os.path.join(dirpath, name))
             out.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
     return sorted(out)
-
-
-def run_queries(pg: PgCluster, sql: dict[str, str], no_generic_md5: list[str],
-                rowmd5_tables: list[str]) -> dict[str, Any]:
-    """The fixture's own SQL, through psql -X -At, in the structure of queries.json."""
-    srv = pg.psql(sql["server"]).split("|")
-    out: dict[str, Any] = {
-        "server": dict(zip(("pg_is_in_recovery", "server_version", "data_checksums",
-                            "wal_segment_size", "block_size"), srv, strict=True)),
-        "tablespaces": pg.psql(sql["tablespaces"]).splitlines(),
-        "databases": {},
-    }
-    for db in pg.psql(sql["databases"]).splitlines():
-        tables = [line.split("|") for line in pg.psql(sql["user_tables"], db).splitlines()]
-        entry: dict[str, Any] = {
-            "tables": {n: {"relkind": k, "relpersistence": p} for n, k, p in tables},
-            "row_counts": {n: int(pg.psql(sql["row_count"].format(table=n), db))
-                           for n, _, _ in tables},
-            "md5": {n: pg.psql(sql["table_md5"].format(table=n), db)
-                    for n, _, _ in tables if n not in no_generic_md5},
-            "sequences": dict(line.split("|") for line in
-                              pg.psql(sql["sequences"], db).splitlines()),
-        }
-        rowmd5 = {n: pg.psql(sql["table_rowmd5_md5"].format(table=n), db)
-                  for n, _, _ in tables if n in rowmd5_tables}
-        if rowmd5:
-            entry["rowmd5_md5"] = rowmd5
-        if "public.pgbench_accounts" in entry["tables"]:
-            entry["pgbench_accounts_md5"] = pg.psql(sql["pgbench_accounts_md5"], db)
-            sums = [int(v) for v in pg.psql(sql["pgbench_sums"], db).split("|")]
-            entry["pgbench_sums"] = dict(zip(
-                ("sum_abalance", "sum_bbalance", "sum_tbalance", "sum_history_delta",
-                 "history_rows"), sums, strict=True))
-        out["databases"][db] = entry
-    return out
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from tests.support.postgres import (
     postgres_available,
     prepare_datadir,
 )
+from tests.support.queries import run_queries
 
 pytestmark = pytest.mark.postgres
 
@@ -46,36 +47,6 @@ def server_program() -> Iterator[Path]:
     require(postgres_available(), "PostgreSQL 15 binaries and the postgres OS user")
     with server_side_pbkfs() as program:
         yield program
-
-
-def run_queries(pg: PgCluster, sql: dict[str, str], no_generic_md5: list[str]) -> dict[str, Any]:
-    """The fixture's queries (its own SQL text, through psql -X -At), in its JSON structure."""
-    srv = pg.psql(sql["server"]).split("|")
-    out: dict[str, Any] = {
-        "server": dict(zip(("pg_is_in_recovery", "server_version", "data_checksums",
-                            "wal_segment_size", "block_size"), srv, strict=True)),
-        "tablespaces": pg.psql(sql["tablespaces"]).splitlines(),
-        "databases": {},
-    }
-    for db in pg.psql(sql["databases"]).splitlines():
-        tables = [line.split("|") for line in pg.psql(sql["user_tables"], db).splitlines()]
-        entry: dict[str, Any] = {
-            "tables": {n: {"relkind": k, "relpersistence": p} for n, k, p in tables},
-            "row_counts": {n: int(pg.psql(sql["row_count"].format(table=n), db))
-                           for n, _, _ in tables},
-            "md5": {n: pg.psql(sql["table_md5"].format(table=n), db)
-                    for n, _, _ in tables if n not in no_generic_md5},
-            "sequences": dict(line.split("|") for line in
-                              pg.psql(sql["sequences"], db).splitlines()),
-        }
-        if "public.pgbench_accounts" in entry["tables"]:
-            entry["pgbench_accounts_md5"] = pg.psql(sql["pgbench_accounts_md5"], db)
-            sums = [int(v) for v in pg.psql(sql["pgbench_sums"], db).split("|")]
-            entry["pgbench_sums"] = dict(zip(
-                ("sum_abalance", "sum_bbalance", "sum_tbalance", "sum_history_delta",
-                 "history_rows"), sums, strict=True))
-        out["databases"][db] = entry
-    return out
 
 
 def recover(catalog: Path, backup_id: str, requested: RecoveryTarget, program: Path,
