@@ -22,7 +22,9 @@ fi
 # A fresh postgresql package starts a cluster we do not use; it is harmless but costs memory.
 id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 
-PY=${PYTHON:-python3}
+# The system interpreter by default: PostgreSQL's OS user runs `pbkfs archive-get` as its
+# restore_command, and an interpreter under root's home (pyenv) is out of its reach.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=${PYTHON:-python3}; fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
