@@ -16,39 +16,41 @@ synced, a snapshot makes the next mount fast, the lock is released.
 from __future__ import annotations
 
 import errno
-import grp
 import logging
 import os
-import pwd
 import signal
-import stat
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import pyfuse3
 import trio
 
 from pbkfs import control
-from pbkfs.blockmap import BlockMap, MapFormatError
 from pbkfs.diffdir import DiffDir
-from pbkfs.diffstore import ObjectStore, data_path, map_path
-from pbkfs.errors import CorruptionError, PbkfsError, UsageError
+from pbkfs.diffrecovery import collect_garbage, settle_objects
+from pbkfs.errors import PbkfsError, UsageError
+from pbkfs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
 from pbkfs.fuseops import Operations
 from pbkfs.journal import JournalDir
-from pbkfs.mountrecovery import MountRecovery, save_options
-from pbkfs.namespace import Namespace, Node
+from pbkfs.kerneltune import tune_bdi
+from pbkfs.mountchecks import (
+    check_entries,
+    check_fuse,
+    check_mountpoint,
+    is_mountpoint,
+    resolve_owner,
+)
+from pbkfs.mountrecovery import MountRecovery
+from pbkfs.mountstats import MountStats
+from pbkfs.namespace import Namespace
 from pbkfs.router import Router
 from pbkfs.runtime import RuntimeRecord, control_path, remove_record, write_record
 from pbkfs.shm import Segment, remove_stale, segment_name
 from pbkfs.source import Source, SourceSpec, open_source
 from pbkfs.vfs import Vfs
-
-BDI_MAX_RATIO = int(os.environ.get("PBKFS_BDI_MAX_RATIO", "20"))
 
 
 class MountOptions(msgspec.Struct):
@@ -71,6 +73,10 @@ class MountOptions(msgspec.Struct):
     recovery: MountRecovery | None = None  # what a first mount adds for recovery
 
 
+# Re-exported: pbkfs.daemon and pbkfs.diffclean use is_mountpoint, tools.blockmap
+# settle_objects, from here.
+__all__ = ["MountOptions", "is_mountpoint", "main", "run", "settle_objects"]
+
 _logger = logging.getLogger("pbkfs.mount")
 
 
@@ -83,67 +89,6 @@ def log_error(msg: str) -> None:
     _logger.error(msg)
 
 
-def is_mountpoint(path: str) -> bool:
-    """From /proc/self/mountinfo only: never stat a mount point that may hang."""
-    want = os.path.abspath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mp = line.split()[4].encode().decode("unicode_escape")
-                if mp == want:
-                    return True
-    except OSError:
-        return os.path.ismount(want)
-    return False
-
-
-def resolve_owner(owner: str | None, mountpoint: str) -> tuple[int, int]:
-    """--owner USER[:GROUP] or the owner of the mount point."""
-    if owner:
-        user, _, group = owner.partition(":")
-        try:
-            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except KeyError:
-            raise UsageError(f"--owner {owner}: no such user") from None
-        gid = pw.pw_gid
-        if group:
-            try:
-                gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise UsageError(f"--owner {owner}: no such group") from None
-        return pw.pw_uid, gid
-    st = os.stat(mountpoint)
-    return st.st_uid, st.st_gid
-
-
-def check_mountpoint(mnt: str) -> None:
-    if not os.path.exists(mnt):
-        raise UsageError(f"mount point {mnt} does not exist")
-    if not os.path.isdir(mnt):
-        raise UsageError(f"mount point {mnt} is not a directory")
-    if is_mountpoint(mnt):
-        raise UsageError(f"mount point {mnt} is already a mount point")
-    if os.listdir(mnt):
-        raise UsageError(f"mount point {mnt} is not empty")
-
-
-FUSE_DEVICE = (10, 229)  # misc major, FUSE minor
-
-
-def check_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise UsageError("/dev/fuse is missing (load the fuse module, or give the container "
-                         "--device /dev/fuse)")
-    st = os.stat("/dev/fuse")
-    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != FUSE_DEVICE:
-        raise UsageError("/dev/fuse is not the FUSE device (expected character device 10:229, "
-                         f"found {os.major(st.st_rdev)}:{os.minor(st.st_rdev)})")
-    from shutil import which
-
-    if which("fusermount3") is None:
-        raise UsageError("fusermount3 is not installed (package fuse3)")
-
-
 class Prepared:
     """Everything set up before the kernel sees the mount."""
 
@@ -154,169 +99,6 @@ class Prepared:
         self.journal: JournalDir
         self.uid = 0
         self.gid = 0
-
-
-def settle_objects(ns: Namespace, diff: DiffDir, source: Source) -> None:
-    """Sizes from the diff files; unusable bindings fall back to the backup."""
-    for node in list(ns.inodes.values()):
-        if node.fid is None or node.kind != "f":
-            continue
-        dpath = data_path(diff.objects, node.fid)
-        if node.origin is not None:
-            try:
-                bm = BlockMap.load(map_path(diff.objects, node.fid), writable=False)
-                bm.close()
-            except (FileNotFoundError, MapFormatError):
-                # Bound in the journal but no map made it to disk: nothing was
-                # written through it, so the backup content is the content.
-                node.fid = None
-                node.size = source.base_size(node.origin)
-                continue
-            try:
-                node.size = os.stat(dpath).st_size
-            except FileNotFoundError:
-                node.size = bm.base_size
-        else:
-            try:
-                node.size = os.stat(dpath).st_size
-            except FileNotFoundError:
-                node.size = 0
-
-
-def collect_garbage(ns: Namespace, diff: DiffDir) -> int:
-    """Delete objects no name refers to (unlinked files, interrupted creations)."""
-    live = ns.gc_fids()
-    removed = 0
-    for name in os.listdir(diff.objects):
-        stem = name.split(".", 1)[0]
-        if not stem.isdigit() or int(stem) not in live:
-            os.unlink(os.path.join(diff.objects, name))
-            removed += 1
-    return removed
-
-
-def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int) -> None:
-    """First mount with --local-wal: pg_wal becomes a symlink to <diff>/wal (a copy)."""
-    try:
-        node = ns.resolve("pg_wal")
-    except Exception:
-        node = None
-    os.makedirs(diff.wal, mode=0o700, exist_ok=True)
-    if node is not None and node.kind == "d":
-        stack: list[tuple[str, Node]] = [("pg_wal", node)]
-        while stack:
-            path, d = stack.pop()
-            assert d.children is not None
-            for name, child in d.children.items():
-                cpath = f"{path}/{name}"
-                dst = os.path.join(diff.wal, cpath[len("pg_wal/") :])
-                if child.kind == "d":
-                    os.makedirs(dst, mode=child.mode, exist_ok=True)
-                    stack.append((cpath, child))
-                elif child.kind == "f" and child.origin is not None:
-                    with open(dst, "wb") as f:
-                        off = 0
-                        while off < child.size:
-                            chunk = source.read(child.origin, off, min(1 << 20, child.size - off))
-                            if not chunk:
-                                break
-                            f.write(chunk)
-                            off += len(chunk)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.chmod(dst, child.mode)
-                os.lchown(dst, uid, gid)
-        ns.replaying = True  # the initial shape of the tree, recorded by the snapshot below
-        try:
-            _remove_tree(ns, node)
-            ns.rmdir(ns.root.ino, "pg_wal")
-        finally:
-            ns.replaying = False
-    os.chown(diff.path, uid, gid)
-    os.chown(diff.wal, uid, gid)
-    os.chmod(diff.wal, 0o700)
-    ns.replaying = True
-    try:
-        link = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=diff.wal)
-        link.lookups = 0
-    finally:
-        ns.replaying = False
-
-
-# Needed by every mount, whatever conf/postgresql.pbkfs.conf says: pg_tblspc/<oid> is a
-# directory inside the mount (an in-place tablespace), which PostgreSQL 15 refuses at the
-# end of recovery unless this is on.
-REQUIRED_SETTINGS = [("allow_in_place_tablespaces", "on")]
-AUTO_CONF = "postgresql.auto.conf"
-
-
-def settings_text(settings: list[tuple[str, str]]) -> bytes:
-    lines = ["", "# Added by pbkfs mount (the backup itself is unchanged):"]
-    for name, value in settings:
-        quoted = value.replace("'", "''")
-        lines.append(f"{name} = '{quoted}'")
-    return ("\n".join(lines) + "\n").encode()
-
-
-def apply_postgresql_conf(
-    ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int, extra: bool,
-    recovery_text: bytes = b"",
-) -> None:
-    """First mount: append the mount's PostgreSQL settings (and recovery settings, as restore
-    writes them) to postgresql.auto.conf (in the diff)."""
-    from pbkfs.config import postgresql_settings
-
-    settings = list(postgresql_settings()) if extra else []
-    names = {n for n, _ in settings}
-    settings += [s for s in REQUIRED_SETTINGS if s[0] not in names]
-    node = ns.root.children.get(AUTO_CONF) if ns.root.children else None
-    if node is None:
-        node = ns.create(ns.root.ino, AUTO_CONF, "f", 0o600, uid, gid)
-        node.lookups = 0
-    store = ObjectStore(diff.objects, source, source.block_size)
-    try:
-        fid = ns.bind(node)
-        text = settings_text(settings) + recovery_text
-        if node.size and node.origin is not None:
-            last = source.read(node.origin, node.size - 1, 1)
-            if last != b"\n":
-                text = b"\n" + text
-        store.write(fid, node.origin, node.size, text)
-        node.size += len(text)
-        store.sync_all()
-    finally:
-        store.close_all()
-
-
-def create_recovery_files(
-    ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int, rec: MountRecovery
-) -> None:
-    """First mount: the files restore creates for recovery (recovery.signal), in the diff,
-    and the recovery target recorded so a remount never recovers again."""
-    store = ObjectStore(diff.objects, source, source.block_size)
-    try:
-        for name, content in rec.create.items():
-            if ns.root.children and name in ns.root.children:
-                continue
-            node = ns.create(ns.root.ino, name, "f", 0o600, uid, gid)
-            node.lookups = 0
-            if content:
-                store.write(ns.bind(node), node.origin, 0, content)
-                node.size = len(content)
-        store.sync_all()
-    finally:
-        store.close_all()
-    save_options(diff.path, rec.options)
-
-
-def _remove_tree(ns: Namespace, d: Node) -> None:
-    assert d.children is not None
-    for name, child in list(d.children.items()):
-        if child.kind == "d":
-            _remove_tree(ns, child)
-            ns.rmdir(d.ino, name)
-        else:
-            ns.unlink(d.ino, name)
 
 
 def prepare(opts: MountOptions) -> Prepared:
@@ -343,32 +125,6 @@ def prepare(opts: MountOptions) -> Prepared:
         raise
     diff.publish_lock(mnt)
     return p
-
-
-def check_entries(source: Source) -> None:
-    """Backup symlinks must stay inside the data directory (else writes could land anywhere)."""
-    for e in source.entries():
-        if e.kind != "l":
-            continue
-        target = e.target
-        if target.startswith("/") or _escapes(e.path, target):
-            raise CorruptionError(e.path, f"symlink to {target!r} leads out of the data "
-                                  "directory; refusing to mount it")
-
-
-def _escapes(path: str, target: str) -> bool:
-    """Does a relative link at `path` to `target` resolve outside the root?"""
-    stack = path.split("/")[:-1]
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not stack:
-                return True
-            stack.pop()
-        else:
-            stack.append(part)
-    return False
 
 
 def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> None:
@@ -499,106 +255,11 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     return status
 
 
-class MountStats:
-    """What the control socket reports: requests, latencies, workers, the diff."""
-
-    def __init__(self, ops: Operations, vfs: Vfs, router: Router, diff: str) -> None:
-        self.ops = ops
-        self.vfs = vfs
-        self.router = router
-        self.diff = diff
-        self.started = time.time()
-        self.since = time.time()
-
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        if request.get("cmd", "stat") != "stat":
-            return {"error": f"unknown command {request.get('cmd')!r}"}
-        st = self.vfs.stats
-        out: dict[str, Any] = {
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "counters_since_s": round(time.time() - self.since, 1),
-            "operations": {k: v.summary() for k, v in sorted(self.ops.latency.items())},
-            "reads": {"frontend": st.reads_hot, "worker": st.reads_worker,
-                      "bytes": st.bytes_read},
-            "writes": {"count": st.writes, "bytes": st.bytes_written,
-                       "queued_bytes": self.vfs.pending_bytes},
-            "fsyncs": st.fsyncs,
-            "journal_syncs": st.journal_syncs,
-            "inodes": len(self.vfs.ns.inodes),
-            "open_files": len(self.vfs.handles),
-            "workers": [
-                {"index": c.index, "pid": c.pid, "alive": c.alive, "in_flight": len(c.pending),
-                 "sent": c.sent, "restarts": len(self.router.restarts[c.index])}
-                for c in self.router.conns
-            ],
-            "diff_bytes": _allocated(os.path.join(self.diff, "objects")),
-        }
-        if request.get("reset"):
-            self.ops.latency.clear()
-            self.ops.counts.clear()
-            self.vfs.stats.__init__()  # type: ignore[misc]
-            for c in self.router.conns:
-                c.sent = 0
-            self.since = time.time()
-        return out
-
-
-def _allocated(path: str) -> int:
-    total = 0
-    try:
-        with os.scandir(path) as it:
-            for e in it:
-                try:
-                    total += e.stat(follow_symlinks=False).st_blocks * 512
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    return total
-
-
 def _leaf(exc: BaseException) -> BaseException:
     """The first real error inside (trio wraps errors of its tasks in groups)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def mount_device(mnt: str) -> str | None:
-    """major:minor of the mount at `mnt`, from mountinfo (never stat our own mount)."""
-    want = os.path.abspath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == want:
-                return fields[2]
-    return None
-
-
-# read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers
-# (reads of files never written are routed by chunk), so cold data decodes on every CPU.
-BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO), "read_ahead_kb": "1024"}
-
-
-def tune_bdi(mnt: str) -> None:
-    """Let the kernel keep more dirty pages of this mount (root only; best effort).
-
-    FUSE mounts start with strict_limit and max_ratio 1%: a writer past a few
-    tens of MB of dirty pages is throttled and writeback runs constantly, one
-    request per dirty page. PostgreSQL dirties its data files steadily between
-    checkpoints, which then turns into a stream of small WRITEs and stalls.
-    """
-    dev = mount_device(mnt)
-    if dev is None:
-        return
-    for name, value in BDI_SETTINGS.items():
-        try:
-            with open(f"/sys/class/bdi/{dev}/{name}", "w") as f:
-                f.write(value)
-        except OSError as exc:
-            log(f"could not set {name}={value} for the mount's writeback ({exc.strerror})")
-            return
 
 
 def describe_source(spec: SourceSpec) -> str:

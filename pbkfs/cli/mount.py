@@ -88,8 +88,12 @@ def mount(
             raise UsageError(f"missing {', '.join(missing)}")
         assert store and instance
         target = target_from_options(recovery_options)
-        recovery = plan_mount(os.path.abspath(store), instance, backup_id, target,
-                              os.path.abspath(diff))
+        try:
+            recovery = plan_mount(os.path.abspath(store), instance, backup_id, target,
+                                  os.path.abspath(diff))
+        except OSError as exc:  # e.g. an unreadable store: one clear line, no traceback
+            where = exc.filename or store
+            raise UsageError(f"{where}: {exc.strerror or exc}") from None
         if recovery.describe:
             click.echo(recovery.describe, err=True)
         spec = SourceSpec("catalog", store=os.path.abspath(store), instance=instance,

@@ -1,0 +1,58 @@
+"""Bringing a diff back to a consistent state before a mount serves anything.
+
+After a crash the journal may name objects whose files never reached the disk,
+and objects may exist that no name refers to any more (unlinked files, creations
+cut short). Sizes always come from the diff files themselves (their length is
+the logical size), never from a cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pbkfs.blockmap import BlockMap, MapFormatError
+from pbkfs.diffdir import DiffDir
+from pbkfs.diffstore import data_path, map_path
+from pbkfs.namespace import Namespace
+from pbkfs.source import Source
+
+
+def settle_objects(ns: Namespace, diff: DiffDir, source: Source) -> None:
+    """Sizes from the diff files; unusable bindings fall back to the backup."""
+    for node in list(ns.inodes.values()):
+        if node.fid is None or node.kind != "f":
+            continue
+        dpath = data_path(diff.objects, node.fid)
+        if node.origin is not None:
+            try:
+                bm = BlockMap.load(map_path(diff.objects, node.fid), writable=False)
+                bm.close()
+            except (FileNotFoundError, MapFormatError):
+                # Bound in the journal but no map made it to disk: nothing was
+                # written through it, so the backup content is the content.
+                node.fid = None
+                node.size = source.base_size(node.origin)
+                continue
+            try:
+                node.size = os.stat(dpath).st_size
+            except FileNotFoundError:
+                node.size = bm.base_size
+        else:
+            try:
+                node.size = os.stat(dpath).st_size
+            except FileNotFoundError:
+                node.size = 0
+
+
+def collect_garbage(ns: Namespace, diff: DiffDir) -> int:
+    """Delete objects no name refers to (unlinked files, interrupted creations)."""
+    live = ns.gc_fids()
+    removed = 0
+    for name in os.listdir(diff.objects):
+        stem = name.split(".", 1)[0]
+        if not stem.isdigit() or int(stem) not in live:
+            os.unlink(os.path.join(diff.objects, name))
+            removed += 1
+    return removed
+
+
