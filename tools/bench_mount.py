@@ -194,7 +194,9 @@ def bring_up(cfg: Config, run: Path, store: Path, instance: str, backup_id: str,
         cmd.append("--local-wal")
     commands.append(shlex.join(["pbkfs", *cmd[3:]]))
     t0 = time.monotonic()
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
     mounted_at = time.monotonic() - t0
     cfg.pg = PgCluster(cfg.data, free_port(), run / "sock")
     startup[f"{cfg.label}: mount to first query"] = first_query(cfg.pg, t0)
