@@ -32,6 +32,7 @@ import msgspec
 
 from pbkfs.diffdir import DiffDir, LockInfo
 from pbkfs.errors import UsageError
+from pbkfs.proc import pid_alive
 
 # Everything a mount puts into a diff directory (see diffdir.py), and its temporary names.
 OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log"}
@@ -39,20 +40,6 @@ OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log"}
 
 def _own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith("binding.json.tmp.")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
-    except (OSError, IndexError):
-        return False
 
 
 def _read_lock(fd: int) -> LockInfo | None:
@@ -102,7 +89,7 @@ def _stale_runtime(diff_path: str) -> list[str]:
                 rec = msgspec.json.decode(f.read(), type=RuntimeRecord)
         except (OSError, msgspec.DecodeError):
             continue
-        if os.path.abspath(rec.diff) != diff_path or _pid_alive(rec.pid):
+        if os.path.abspath(rec.diff) != diff_path or pid_alive(rec.pid):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

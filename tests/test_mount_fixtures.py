@@ -15,6 +15,7 @@ import pytest
 from pbkfs.view import open_view
 from tests.expected import Row, compare_listing, read_tsv
 from tests.mounting import mounted, require_fuse
+from tests.support.pitr import tree_state
 from tests.support.postgres import (
     PgCluster,
     free_port,
@@ -53,15 +54,6 @@ def mount_listing(root: Path) -> dict[str, Row]:
                         h.update(chunk)
                 rows[rel] = ("f", mode, str(st.st_size), h.hexdigest())
     return rows
-
-
-def tree_state(root: Path) -> list[tuple[str, int, int]]:
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            out.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
-    return sorted(out)
 
 
 @pytest.fixture

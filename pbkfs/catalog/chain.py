@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pbkfs import SUPPORTED_PROGRAM_VERSION
 from pbkfs.catalog.control import USABLE_STATUSES, version_number
 from pbkfs.catalog.store import Backup, Instance
 from pbkfs.errors import ChainError, PbkfsError
+from pbkfs.proc import pid_alive
 
 OLDEST_PROGRAM_VERSION = "2.4.0"  # page_header_map and n_blocks on every datafile
 NEWEST_PROGRAM_VERSION = "2.8.99"  # lz4/zstd page codecs (not checked against real backups)
@@ -78,13 +78,7 @@ def _pid_file_is_live(pid_file: Path) -> bool:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _check_agreement(chain: list[Backup]) -> None:
