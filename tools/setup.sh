@@ -22,9 +22,10 @@ fi
 # A fresh postgresql package starts a cluster we do not use; it is harmless but costs memory.
 id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 
-# The system interpreter by default: PostgreSQL's OS user runs `pbkfs archive-get` as its
-# restore_command, and an interpreter under root's home (pyenv) is out of its reach.
-if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=${PYTHON:-python3}; fi
+# The first python3 on PATH (override with PYTHON=...). PostgreSQL's OS user runs
+# `pbkfs archive-get` as restore_command: when this interpreter lives where that user cannot
+# reach it (e.g. under /root), point PBKFS_PROGRAM at a pbkfs it can run.
+PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
