@@ -183,7 +183,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     async def main() -> None:
         nonlocal mounted
         async with trio.open_nursery() as nursery:
-            await router.start(nursery)
+            # Workers open their views while the kernel mounts and PostgreSQL starts.
+            await router.start(nursery, wait=False)
             try:
                 pyfuse3.init(ops, mnt, options)
             except RuntimeError as exc:

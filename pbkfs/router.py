@@ -230,14 +230,21 @@ class Router:
             start_new_session=False,
         )
 
-    async def start(self, nursery: trio.Nursery, timeout: float = 120.0) -> None:
-        """Start every worker and wait until each has opened its view."""
+    async def start(self, nursery: trio.Nursery, timeout: float = 120.0, wait: bool = True
+                    ) -> None:
+        """Start every worker; with `wait`, until each has opened its view.
+
+        Without waiting, requests sent meanwhile simply wait in the pipe until the
+        worker reads them: the mount can answer names and attributes at once.
+        """
         self.nursery = nursery
         for spec in self.specs:
             conn = WorkerConn(spec.index, self._spawn(spec))
             self.conns.append(conn)
             nursery.start_soon(conn.writer)
             nursery.start_soon(conn.reader, self._on_death)
+        if not wait:
+            return
         with trio.move_on_after(timeout) as scope:
             for conn in self.conns:
                 while not conn.ready.is_set():
