@@ -19,6 +19,7 @@ generation.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -144,6 +145,7 @@ class JournalDir:
         self.path = path
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.fd = -1
+        self.offset = 0  # file position of the next record
         self.generation = 0
         self.appended = 0  # bytes appended since open
         self.synced = 0  # bytes known durable
@@ -191,16 +193,27 @@ class JournalDir:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.ftruncate(self.fd, valid)  # cut a torn tail before appending
         os.lseek(self.fd, valid, os.SEEK_SET)
+        self.offset = valid
         self.generation = gen
         self.appended = 0
         self.synced = 0
 
     def append(self, rec: Rec) -> int:
-        """Append one record (one write); returns the journal position after it."""
+        """Append one record (one write); returns the journal position after it.
+
+        A failed append (disk full) is cut off again, so later records still replay.
+        """
         frame = encode_record(rec)
-        n = os.write(self.fd, frame)
-        if n != len(frame):
-            raise OSError(f"short write to the namespace journal ({n} of {len(frame)} bytes)")
+        try:
+            n = os.write(self.fd, frame)
+            if n != len(frame):
+                raise OSError(errno.ENOSPC, f"short write to the namespace journal "
+                              f"({n} of {len(frame)} bytes)")
+        except OSError:
+            os.ftruncate(self.fd, self.offset)
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
+            raise
+        self.offset += n
         self.appended += n
         self.records += 1
         return self.appended

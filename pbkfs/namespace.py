@@ -403,9 +403,13 @@ class Namespace:
             node.target = target
             node.size = len(target.encode("utf-8", "surrogateescape"))
         path = self._child_path(d, name)
+        try:  # journal first: a change that cannot be recorded is not made
+            pos = self._log(J.Mknode(path, kind, node.mode, uid, gid, node.fid, target))
+        except BaseException:
+            del self.inodes[node.ino]
+            raise
         self._attach(d, name, node)
         self._touch(d)
-        pos = self._log(J.Mknode(path, kind, node.mode, uid, gid, node.fid, target))
         node.jpos = d.jpos = pos
         node.lookups += 1
         return node
@@ -419,10 +423,10 @@ class Namespace:
         if node.kind == "d":
             raise FsError(errno.EISDIR, name)
         path = self._child_path(d, name)
+        d.jpos = self._log(J.Remove(path))
         self._detach(d, name)
         self._touch(d)
         node.ctime_ns = d.mtime_ns
-        d.jpos = self._log(J.Remove(path))
         return node, self.maybe_free(node)
 
     def rmdir(self, parent_ino: int, name: str) -> Node:
@@ -438,9 +442,9 @@ class Namespace:
         if node.children:
             raise FsError(errno.ENOTEMPTY, name)
         path = self._child_path(d, name)
+        d.jpos = self._log(J.Remove(path))
         self._detach(d, name)
         self._touch(d)
-        d.jpos = self._log(J.Remove(path))
         self.maybe_free(node)
         return node
 
@@ -479,13 +483,13 @@ class Namespace:
         src_path = self._child_path(sd, old)
         dst_path = self._child_path(dd, new)
         freed = None
+        pos = self._log(J.Rename(src_path, dst_path))
         if target is not None:
             self._detach(dd, new)
         self._detach(sd, old)
         self._attach(dd, new, node)
         self._touch(sd, dd)
         node.ctime_ns = sd.mtime_ns
-        pos = self._log(J.Rename(src_path, dst_path))
         sd.jpos = dd.jpos = pos
         if target is not None:
             target.ctime_ns = sd.mtime_ns
@@ -505,10 +509,10 @@ class Namespace:
         if src is None:
             raise FsError(errno.ENOENT, "link to a removed file")
         dst = self._child_path(d, new)
+        pos = self._log(J.Link(src, dst))
         self._attach(d, new, node)
         self._touch(d)
         node.ctime_ns = d.mtime_ns
-        pos = self._log(J.Link(src, dst))
         d.jpos = node.jpos = pos
         node.lookups += 1
         return node
@@ -517,15 +521,19 @@ class Namespace:
         """Give a backup file its diff object (first write/truncate); journaled by path."""
         if node.fid is not None:
             return node.fid
-        node.fid = self.new_fid()
+        fid = self.new_fid()
         path = self.path_of(node)
         if path is not None:
-            node.jpos = self._log(J.Bind(path, node.fid))
-        return node.fid
+            node.jpos = self._log(J.Bind(path, fid))
+        node.fid = fid
+        return fid
 
     def chattr(
         self, node: Node, mode: int | None = None, uid: int | None = None, gid: int | None = None
     ) -> None:
+        path = self.path_of(node)
+        if path is not None or node is self.root:
+            node.jpos = self._log(J.Chattr(path or "", mode, uid, gid))
         if mode is not None:
             node.mode = mode & 0o7777
         if uid is not None:
@@ -533,9 +541,6 @@ class Namespace:
         if gid is not None:
             node.gid = gid
         node.ctime_ns = _now()
-        path = self.path_of(node)
-        if path is not None or node is self.root:
-            node.jpos = self._log(J.Chattr(path or "", mode, uid, gid))
 
     # -- replay ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -255,3 +256,56 @@ def test_replay_stops_at_a_record_that_does_not_apply() -> None:
     assert ns.resolve("a").fid == 5
     with pytest.raises(FsError):
         ns.resolve("b")
+
+
+def test_a_change_the_journal_refuses_is_not_made() -> None:
+    """Disk full while journaling: the operation fails and the tree is unchanged."""
+    fail = {"on": False}
+    records: list[J.Rec] = []
+
+    def journal(rec: J.Rec) -> int:
+        if fail["on"]:
+            raise OSError(28, "No space left on device")
+        records.append(rec)
+        return len(records)
+
+    ns = Namespace(0, 0, 0, journal=journal)
+    ns.load_entries(ENTRIES)
+    before = listing(ns)
+    inodes = len(ns.inodes)
+    fail["on"] = True
+    root, b1 = ino(ns, ""), ino(ns, "base/1")
+    for op in (
+        lambda: ns.create(root, "new", "f", 0o600, 0, 0),
+        lambda: ns.unlink(b1, "100"),
+        lambda: ns.rename(b1, "100", root, "moved"),
+        lambda: ns.link(ns.resolve("base/1/101").ino, root, "hard"),
+        lambda: ns.rmdir(ino(ns, "pg_tblspc/16384"), "PG_15"),
+        lambda: ns.bind(ns.resolve("base/1/100")),
+        lambda: ns.chattr(ns.resolve("PG_VERSION"), mode=0o644),
+    ):
+        with pytest.raises(OSError):
+            op()
+    assert listing(ns) == before and len(ns.inodes) == inodes
+    assert ns.resolve("PG_VERSION").mode == 0o600
+
+
+def test_failed_append_is_cut_off(tmp_path: Path) -> None:
+    jd = JournalDir(str(tmp_path / "ns"))
+    jd.load()
+    jd.append(J.Remove("a"))
+    real_write = os.write
+
+    def short(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:5])
+
+    os.write = short  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError):
+            jd.append(J.Remove("b"))
+    finally:
+        os.write = real_write
+    jd.append(J.Remove("c"))
+    jd.close()
+    _snap, records = JournalDir(str(tmp_path / "ns")).load()
+    assert [r.path for r in records if isinstance(r, J.Remove)] == ["a", "c"]
