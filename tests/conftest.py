@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -34,5 +35,9 @@ def fixtures_dir() -> Path:
     unpack = SHARED_FIXTURES / "unpack"
     require(unpack.exists(), f"fixture sets at {SHARED_FIXTURES}")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(unpack), str(CACHE_DIR)], check=True, capture_output=True)
+    # one unpacker at a time: parallel test workers share the cache directory
+    with open(CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, str(unpack), str(CACHE_DIR)], check=True,
+                       capture_output=True)
     return CACHE_DIR
