@@ -64,8 +64,8 @@ def plan_mount(store: str, instance: str, backup_id: str | None, target: Recover
         return MountRecovery(bound)
     inst = Store(store).instance(instance)
     if backup_id is None and target.kind is None:
-        raise UsageError("give the backup to mount with -i ID, or a --recovery-target-* "
-                         "option to let pbkfs choose it")
+        raise UsageError("missing -i/--backup-id: give the backup to mount, or a "
+                         "--recovery-target-* option to let pbkfs choose it")
     plan = plan_recovery(inst, target, backup_id)
     if plan.recovery:
         require_archive_covers(inst, plan.backup)
