@@ -32,6 +32,10 @@ from pbkfs.cli.cleanup import cleanup  # noqa: E402
 
 cli.add_command(cleanup)
 
+from pbkfs.cli.stat import stat  # noqa: E402
+
+cli.add_command(stat)
+
 
 def main() -> None:
     """Console-script entry point."""
