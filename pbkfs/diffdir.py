@@ -22,6 +22,7 @@ import time
 
 import msgspec
 
+from pbkfs.durability import not_resumable_error
 from pbkfs.errors import UsageError
 from pbkfs.source import SourceSpec
 
@@ -37,6 +38,7 @@ class Binding(msgspec.Struct):
     base_time_ns: int
     local_wal: bool = False
     format: int = FORMAT
+    resumable: bool = True  # False once mounted with --no-wal (pbkfs.durability)
 
 
 class LockInfo(msgspec.Struct):
@@ -150,12 +152,14 @@ class DiffDir:
         except msgspec.DecodeError as exc:
             raise UsageError(f"{self.binding_path}: not a pbkfs binding ({exc})") from None
 
-    def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool) -> Binding:
+    def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool,
+             resumable: bool = True) -> Binding:
         """Check the existing binding against `spec`, or write a new one."""
         existing = self.check_binding(spec, chain, local_wal)
         if existing is not None:
             return existing
-        b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal)
+        b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal,
+                    resumable=resumable)
         write_atomic(self.binding_path, msgspec.json.encode(b))
         return b
 
@@ -165,6 +169,8 @@ class DiffDir:
         """The existing binding if `spec` may use this diff (raises if not); None if unbound."""
         existing = self.read_binding()
         if existing is not None:
+            if not existing.resumable:
+                raise not_resumable_error(self.path)
             if not _same_source(existing.source, spec):
                 raise UsageError(
                     f"diff directory {self.path} is bound to {describe(existing.source)}; "

@@ -19,13 +19,18 @@ from pbkfs.namespace import Namespace, Node
 from pbkfs.source import Source
 
 
-def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int) -> None:
-    """First mount with --local-wal: pg_wal becomes a symlink to <diff>/wal (a copy)."""
+def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int,
+                    target: str = "") -> None:
+    """First mount with --local-wal: pg_wal becomes a symlink to <diff>/wal (a copy).
+
+    With `target` (--no-wal), the copy goes there instead: a scratch directory.
+    """
+    wal = target or diff.wal
     try:
         node = ns.resolve("pg_wal")
     except Exception:
         node = None
-    os.makedirs(diff.wal, mode=0o700, exist_ok=True)
+    os.makedirs(wal, mode=0o700, exist_ok=True)
     if node is not None and node.kind == "d":
         stack: list[tuple[str, Node]] = [("pg_wal", node)]
         while stack:
@@ -33,7 +38,7 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
             assert d.children is not None
             for name, child in d.children.items():
                 cpath = f"{path}/{name}"
-                dst = os.path.join(diff.wal, cpath[len("pg_wal/") :])
+                dst = os.path.join(wal, cpath[len("pg_wal/") :])
                 if child.kind == "d":
                     os.makedirs(dst, mode=child.mode, exist_ok=True)
                     stack.append((cpath, child))
@@ -57,11 +62,11 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
         finally:
             ns.replaying = False
     os.chown(diff.path, uid, gid)
-    os.chown(diff.wal, uid, gid)
-    os.chmod(diff.wal, 0o700)
+    os.chown(wal, uid, gid)
+    os.chmod(wal, 0o700)
     ns.replaying = True
     try:
-        link = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=diff.wal)
+        link = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=wal)
         link.lookups = 0
     finally:
         ns.replaying = False

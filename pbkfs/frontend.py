@@ -31,6 +31,13 @@ import trio
 from pbkfs import control
 from pbkfs.diffdir import DiffDir
 from pbkfs.diffrecovery import collect_garbage, settle_objects
+from pbkfs.durability import (
+    check_dirty,
+    clear_dirty,
+    make_scratch,
+    mark_dirty,
+    remove_scratch,
+)
 from pbkfs.errors import PbkfsError, UsageError
 from pbkfs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
 from pbkfs.fuseops import Operations
@@ -71,6 +78,9 @@ class MountOptions(msgspec.Struct):
     log_level: str = "info"
     log_file: str = ""  # background mounts: default <diff>/pbkfs.log
     recovery: MountRecovery | None = None  # what a first mount adds for recovery
+    perf_unsafe: bool = False  # fsync deferred to unmount; dirty marker (pbkfs.durability)
+    no_wal: bool = False  # pg_wal in a scratch directory; the diff is not resumable
+    force: bool = False  # accept a diff left dirty by a --perf-unsafe mount
 
 
 # Re-exported: pbkfs.daemon and pbkfs.diffclean use is_mountpoint, tools.blockmap
@@ -99,6 +109,7 @@ class Prepared:
         self.journal: JournalDir
         self.uid = 0
         self.gid = 0
+        self.scratch = ""  # --no-wal: where pg_wal lives while mounted
 
 
 def prepare(opts: MountOptions) -> Prepared:
@@ -114,13 +125,23 @@ def prepare(opts: MountOptions) -> Prepared:
         raise UsageError("the diff directory must not be inside the mount point")
     p.source = open_source(opts.source)
     check_entries(p.source)
+    if opts.no_wal and opts.local_wal:
+        raise UsageError("--no-wal and --local-wal exclude each other")
     if os.path.isdir(diff.path):  # refuse a foreign diff before touching anything in it
-        diff.check_binding(opts.source, p.source.chain_ids(), opts.local_wal)
+        bound = diff.check_binding(opts.source, p.source.chain_ids(), opts.local_wal)
+        if opts.no_wal and bound is not None:
+            raise UsageError(f"--no-wal needs a new diff directory; {diff.path} already "
+                             "holds a resumable diff (its WAL would be lost)")
     diff.create()
     diff.lock()
     try:
+        if check_dirty(diff.path, opts.force):
+            log(f"diff {diff.path} was left dirty by a --perf-unsafe mount; used (--force)")
         prepare_locked(opts, p, diff, mnt)
+        if opts.perf_unsafe:
+            mark_dirty(diff.path)
     except BaseException:
+        remove_scratch(p.scratch)
         diff.unlock()
         raise
     diff.publish_lock(mnt)
@@ -129,7 +150,8 @@ def prepare(opts: MountOptions) -> Prepared:
 
 def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> None:
     p.diff = diff
-    binding = diff.bind(opts.source, p.source.chain_ids(), opts.local_wal)
+    binding = diff.bind(opts.source, p.source.chain_ids(), opts.local_wal,
+                        resumable=not opts.no_wal)
     jdir = JournalDir(diff.ns)
     snap, records = jdir.load()
     ns = Namespace(p.uid, p.gid, binding.base_time_ns, journal=jdir.append)
@@ -152,6 +174,9 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
                 create_recovery_files(ns, diff, p.source, p.uid, p.gid, rec)
         if opts.local_wal:
             setup_local_wal(ns, diff, p.source, p.uid, p.gid)
+        elif opts.no_wal:
+            p.scratch = make_scratch(p.uid, p.gid)
+            setup_local_wal(ns, diff, p.source, p.uid, p.gid, target=p.scratch)
         jdir.sync()
         jdir.write_snapshot(ns.snapshot(jdir.generation + 1))
     elif replayed:
@@ -171,6 +196,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                     log_format=opts.log_format, log_level=opts.log_level)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
+    vfs.defer_fsync = opts.perf_unsafe
     router.on_restart = vfs.worker_restarted
     ops = Operations(vfs, writeback=opts.writeback, entry_timeout=opts.entry_timeout,
                      attr_timeout=opts.attr_timeout)
@@ -179,9 +205,10 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         options.add("allow_other")
     mounted = False
     status = 0
+    synced = False  # the workers confirmed everything durable, the journal is synced
 
     async def main() -> None:
-        nonlocal mounted
+        nonlocal mounted, synced
         async with trio.open_nursery() as nursery:
             # Workers open their views while the kernel mounts and PostgreSQL starts.
             await router.start(nursery, wait=False)
@@ -215,8 +242,9 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
-                    await router.shutdown()
+                    workers_synced = await router.shutdown()
                     await trio.to_thread.run_sync(p.journal.sync)
+                    synced = workers_synced
                 nursery.cancel_scope.cancel()
 
     try:
@@ -247,6 +275,11 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         except OSError as exc:
             log(f"could not write the namespace snapshot ({exc}); the journal keeps everything")
         p.journal.close()
+        if status == 0 and synced:
+            clear_dirty(p.diff.path)
+        elif opts.perf_unsafe:
+            log(f"not everything was made durable; {p.diff.path} stays marked dirty")
+        remove_scratch(p.scratch)
         seg.close()
         seg.unlink()
         remove_record(mnt)

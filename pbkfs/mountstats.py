@@ -36,6 +36,7 @@ class MountStats:
             "writes": {"count": st.writes, "bytes": st.bytes_written,
                        "queued_bytes": self.vfs.pending_bytes},
             "fsyncs": st.fsyncs,
+            "deferred_fsyncs": st.deferred_fsyncs,
             "journal_syncs": st.journal_syncs,
             "inodes": len(self.vfs.ns.inodes),
             "open_files": len(self.vfs.handles),

@@ -305,21 +305,29 @@ class Router:
     async def call(self, ino: int, req: P.Msg) -> P.Reply:
         return await self.submit(ino, req).wait()
 
-    async def shutdown(self, timeout: float = 600.0) -> None:
-        """Ask every worker to finish, sync and exit; wait for them."""
+    async def shutdown(self, timeout: float = 600.0) -> bool:
+        """Ask every worker to finish, sync and exit; wait for them.
+
+        True if every worker confirmed (all it wrote is durable)."""
         self.stopping = True
         calls = []
+        clean = True
         for conn in self.conns:
             if conn.alive:
                 rid = self.rid()
                 calls.append(conn.submit(rid, P.encode(P.Shutdown(rid))))
+            else:
+                clean = False
+        confirmed = 0
         with trio.move_on_after(timeout):
             for c in calls:
-                await c.wait()
+                if isinstance(await c.wait(), P.Done):
+                    confirmed += 1
         for conn in self.conns:
             await trio.to_thread.run_sync(_reap, conn.proc)
             conn._die()
             conn.close()
+        return clean and confirmed == len(calls)
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.conns]

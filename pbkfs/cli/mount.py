@@ -33,6 +33,14 @@ from pbkfs.source import SourceSpec
               help="Configuration file (default: $PBKFS_CONFIG, else /etc/pbkfs/pbkfs.toml).")
 @click.option("--local-wal", is_flag=True,
               help="Keep pg_wal in a plain directory of the diff (pg_wal becomes a symlink).")
+@click.option("--perf-unsafe", is_flag=True,
+              help="fsync does nothing until unmount (a crash can lose acknowledged commits); "
+              "the diff is marked dirty while mounted.")
+@click.option("--no-wal", is_flag=True,
+              help="Keep pg_wal only while mounted (outside the diff); the diff can never be "
+              "mounted again. Needs a new diff directory.")
+@click.option("--force", is_flag=True,
+              help="Mount a diff left dirty by a --perf-unsafe mount that did not unmount.")
 @click.option("--no-postgresql-conf", is_flag=True,
               help="Do not add conf/postgresql.pbkfs.conf settings to postgresql.auto.conf.")
 @click.option("--no-writeback-cache", is_flag=True, hidden=True,
@@ -54,6 +62,9 @@ def mount(
     owner: str | None,
     config_file: str | None,
     local_wal: bool,
+    perf_unsafe: bool,
+    no_wal: bool,
+    force: bool,
     no_postgresql_conf: bool,
     no_writeback_cache: bool,
     plain_base: str | None,
@@ -116,6 +127,9 @@ def mount(
         log_file=os.path.abspath(cfg.log.file) if cfg.log.file else "",
         foreground=foreground,
         recovery=recovery,
+        perf_unsafe=perf_unsafe,
+        no_wal=no_wal,
+        force=force,
     )
     if foreground:
         def ready(err: str | None) -> None:
@@ -134,10 +148,16 @@ def mount(
               help="The mount point.")
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for the mount process to persist and exit.")
+@click.option("--force", is_flag=True,
+              help="When busy, stop the mount process hard and detach lazily (fsynced data is "
+              "kept; the next mount of the diff recovers it).")
 @reports_errors
-def unmount(mountpoint: str, timeout: float) -> None:
-    """Flush and persist everything, unmount, release the diff directory."""
+def unmount(mountpoint: str, timeout: float, force: bool) -> None:
+    """Flush and persist everything, unmount, release the diff directory.
+
+    Refuses a busy mount (naming the processes with files open there) unless --force; also
+    clears a broken mount ("Transport endpoint is not connected")."""
     from pbkfs import daemon
 
-    daemon.unmount(mountpoint, timeout=timeout)
+    daemon.unmount(mountpoint, timeout=timeout, force=force)
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")

@@ -67,7 +67,8 @@ def to_text(f: dict[str, Any]) -> str:
                  f"worker round trips {reads.get('worker', 0)}")
     lines.append(f"writes  {writes.get('count', 0)} ({writes.get('bytes', 0)} bytes), "
                  f"queued {writes.get('queued_bytes', 0)} bytes")
-    lines.append(f"fsyncs  {f.get('fsyncs', 0)}  journal syncs {f.get('journal_syncs', 0)}")
+    lines.append(f"fsyncs  {f.get('fsyncs', 0)} (deferred {f.get('deferred_fsyncs', 0)})  "
+                 f"journal syncs {f.get('journal_syncs', 0)}")
     lines.append(f"inodes  {f.get('inodes', 0)}  open files {f.get('open_files', 0)}  "
                  f"diff {f.get('diff_bytes', 0)} bytes")
     lines.append("")
@@ -142,6 +143,8 @@ def to_prometheus(f: dict[str, Any]) -> str:
     e.family("queued_write_bytes", "gauge", "Written bytes not yet handed to a worker.",
              [("", {}, writes.get("queued_bytes", 0))])
     e.family("fsyncs_total", "counter", "fsync requests.", [("", {}, f.get("fsyncs", 0))])
+    e.family("deferred_fsyncs_total", "counter", "fsyncs only recorded (--perf-unsafe).",
+             [("", {}, f.get("deferred_fsyncs", 0))])
     e.family("journal_syncs_total", "counter", "Namespace journal syncs.",
              [("", {}, f.get("journal_syncs", 0))])
     e.family("inodes", "gauge", "Inodes known to the mount.", [("", {}, f.get("inodes", 0))])
