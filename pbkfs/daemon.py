@@ -10,8 +10,10 @@ has flushed everything and exited.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -95,8 +97,42 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def unmount(mountpoint: str, timeout: float = 600.0) -> None:
-    """Unmount and wait until the mount process has persisted everything and exited."""
+def holders(mnt: str) -> list[str]:
+    """`pid (command)` of every process with a file, directory or cwd under `mnt`.
+
+    Reads only /proc links (never the mount itself, which may be hung)."""
+    prefix = mnt.rstrip("/") + "/"
+    found: list[str] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        links = [f"/proc/{entry}/cwd", f"/proc/{entry}/root"]
+        try:
+            links += [f"/proc/{entry}/fd/{fd}" for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == mnt or target.startswith(prefix):
+                try:
+                    with open(f"/proc/{entry}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                found.append(f"{entry} ({comm})")
+                break
+    return found
+
+
+def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> None:
+    """Unmount and wait until the mount process has persisted everything and exited.
+
+    A busy mount (files open, e.g. PostgreSQL running) is refused naming the processes;
+    `force` then stops the mount process hard and detaches lazily: what was fsynced is in
+    the diff, and the next mount of the diff recovers it."""
     mnt = os.path.abspath(mountpoint)
     rec = read_record(mnt)
     try:
@@ -110,7 +146,16 @@ def unmount(mountpoint: str, timeout: float = 600.0) -> None:
     if res.returncode != 0:
         err = res.stderr.strip()
         if "busy" in err.lower():
-            raise UsageError(f"{mnt} is busy (files are open there: stop PostgreSQL first)")
+            if not force:
+                who = ", ".join(holders(mnt)) or "unknown processes"
+                raise UsageError(f"{mnt} is busy: files are open there by {who} (stop "
+                                 "PostgreSQL first, or use --force to stop the mount hard)")
+            if rec is not None:
+                for pid in (rec.pid, *rec.workers):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True, text=True)
+            return
         if not broken:
             raise UsageError(f"unmounting {mnt} failed: {err}")
     if rec is None:

@@ -92,3 +92,35 @@ def test_killed_worker_is_restarted_under_pgbench(fixtures_dir: Path, work: Path
         log = (diff / "pbkfs.log").read_text(errors="replace")
         assert f"(pid {victim}) exited with status -9" in log, log[-2000:]
         assert "starting a new one" in log, log[-2000:]
+
+
+
+def test_busy_unmount_names_holders_then_force(fixtures_dir: Path, work: Path) -> None:
+    """A busy mount is refused naming who holds it; --force stops it hard and detaches; the
+    next mount of the diff recovers."""
+    import subprocess
+
+    from tests.mounting import mount, pbkfs
+
+    fixture, instance, backup_id = BACKUP
+    catalog = fixtures_dir / fixture / "catalog"
+    mnt, diff = make_owned_dir(work / "mnt"), work / "diff"
+    mount(mnt, diff, store=catalog, instance=instance, backup_id=backup_id)
+    with open(mnt / "PG_VERSION", "rb") as held:
+        holder = subprocess.Popen(["sleep", "120"], stdin=held)
+    try:
+        proc = pbkfs("unmount", "-D", str(mnt), check=False)
+        assert proc.returncode != 0
+        assert "busy" in proc.stderr and f"{holder.pid} (sleep)" in proc.stderr, proc.stderr
+        assert is_mounted(mnt)
+        forced = pbkfs("unmount", "-D", str(mnt), "--force", check=False)
+        assert forced.returncode == 0, forced.stderr
+        assert not is_mounted(mnt)
+    finally:
+        holder.kill()
+        holder.wait()
+    mount(mnt, diff, store=catalog, instance=instance, backup_id=backup_id)
+    try:
+        assert (mnt / "PG_VERSION").read_text() == "15\n"
+    finally:
+        pbkfs("unmount", "-D", str(mnt), check=False)
