@@ -116,13 +116,15 @@ def main() -> int:
                 out = pg.pgbench(["-n", "-c", "4", "-j", "2", "-T", "15", "postgres"]).stdout
                 print(f"TPS on the mount: {tps(out)}")
                 pg.stop()
+            step("5. What the mount did (live figures from pbkfs stat)")
+            run([*PBKFS, "stat", "-D", str(mnt)])
 
-            step("5. What the diff holds")
+            step("6. What the diff holds")
             print(f"backup catalog: {du(store) / 1e6:.1f} MB on disk (never written)")
             print(f"diff directory: {du(diff) / 1e6:.1f} MB on disk: every block PostgreSQL "
                   "changed, the new WAL, and the names created, renamed or removed")
         finally:
-            step("6. Unmount and check the backup is intact")
+            step("7. Unmount and check the backup is intact")
             run([*PBKFS, "unmount", "-D", str(mnt)])
         run([*PBKFS, "verify", "-B", str(store), "--instance", "demo", "-i", delta])
         print("\nDone: the work directory is removed; remounting the same diff would have "
