@@ -22,6 +22,7 @@ import msgspec
 
 from pbkfs.errors import PbkfsError, UsageError
 from pbkfs.frontend import MountOptions, is_mountpoint
+from pbkfs.proc import pid_alive
 from pbkfs.runtime import read_record
 
 
@@ -81,20 +82,6 @@ def _reap(pid: int, timeout: float = 30.0) -> int | None:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def holders(mnt: str) -> list[str]:
@@ -161,7 +148,7 @@ def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> Non
     if rec is None:
         return
     deadline = time.monotonic() + timeout
-    while _alive(rec.pid):
+    while pid_alive(rec.pid):
         _reap(rec.pid, 0)
         if time.monotonic() > deadline:
             raise UsageError(f"mount process {rec.pid} did not finish within {timeout:.0f} s")
