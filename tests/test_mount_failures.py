@@ -15,6 +15,7 @@ import pytest
 
 from tests.mounting import is_mounted, mount_pids, mounted, require_fuse
 from tests.support.postgres import (
+    PG_BIN,
     PgCluster,
     free_port,
     make_owned_dir,
@@ -60,8 +61,13 @@ def test_killed_worker_is_restarted_under_pgbench(fixtures_dir: Path, work: Path
         with PgCluster(mnt, free_port(), make_owned_dir(work / "sock", 0o755)) as pg:
             pg.start()
             result: dict[str, str] = {}
-            load = threading.Thread(target=lambda: result.update(out=pg.pgbench(
-                ["-n", "-c", "4", "-j", "2", "-T", "15", "postgres"]).stdout))
+            # pgbench may be cut short: an fsync the dead worker had in flight fails with
+            # EIO, and PostgreSQL answers a failed fsync with PANIC and crash recovery
+            bench: list[str | os.PathLike[str]] = [
+                PG_BIN / "pgbench", "-h", pg.sockdir, "-p", str(pg.port), "-U", "postgres",
+                "-n", "-c", "4", "-j", "2", "-T", "15", "postgres"]
+            load = threading.Thread(target=lambda: result.update(
+                out=pg.run(bench, check=False).stdout))
             load.start()
             time.sleep(4)
             victim = min(workers)
