@@ -25,19 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.support.postgres import pg_workdir, running_cluster  # noqa: E402
+from tools.benchreport import cpu_model, write_report  # noqa: E402
 from tools.mkbackup.catalogfiles import parse_key_values  # noqa: E402
 
 MB = 1024 * 1024
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _run_backup(cmd: list[str]) -> tuple[str, float]:
@@ -108,7 +99,7 @@ def main() -> None:
         f"Cluster: PostgreSQL 15, `pgbench -i -s {args.scale}`, data checksums on, 16 MB WAL"
         " segments; backups with `--stream`, fsync on, "
         f"`-j {args.threads}`.",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}.",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}.",
         "",
         "Command (in the repository, after `make setup`):",
         "",
@@ -132,9 +123,7 @@ def main() -> None:
         )
     lines += ["", "Backup commands run (paths are temporary):", ""]
     lines += [f"    {c}" for c in commands]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

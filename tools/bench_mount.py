@@ -39,22 +39,14 @@ from tests.support.postgres import (  # noqa: E402
     prepare_datadir,
     running_cluster,
 )
+from tools.benchreport import cpu_model  # noqa: E402
+from tools.benchreport import write_report as write_markdown  # noqa: E402
 
 PY = sys.executable
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def du(path: Path, allocated: bool = False) -> int:
@@ -290,7 +282,7 @@ def write_report(args: argparse.Namespace, clients: list[int],
         " Before pgbench, every pgbench table and index is read once with"
         " `pg_prewarm(..., 'read')` (OS cache, not shared buffers) in every configuration, so"
         " the runs compare steady states; the prewarm time is listed below.",
-        f"Machine: {os.cpu_count()} CPUs ({cpu()}), Python {platform.python_version()}, "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
         f"kernel {platform.release()}.",
         "",
         "Command:",
@@ -329,9 +321,7 @@ def write_report(args: argparse.Namespace, clients: list[int],
                      f" {diffsize.get(k, 0) / 1e6:.0f} |")
     lines += ["", "Mount commands run (paths are temporary):", ""]
     lines += [f"    {c}" for c in commands]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":
