@@ -58,7 +58,7 @@ def mount_pids(diff: Path) -> list[int]:
 def _records() -> list:  # type: ignore[type-arg]
     import msgspec
 
-    from pbkfs.runtime import RuntimeRecord, runtime_dir
+    from pbkfs.mount.runtime import RuntimeRecord, runtime_dir
 
     recs = []
     d = runtime_dir()

@@ -11,8 +11,8 @@ from pbkfs.catalog.control import parse_backup_control, parse_time, version_numb
 from pbkfs.catalog.ids import decode_id, encode_id
 from pbkfs.catalog.keyvalue import parse_keyvalue
 from pbkfs.catalog.lsn import format_lsn, parse_lsn, wal_segment_name
+from pbkfs.cli.showinfo import pretty_size
 from pbkfs.errors import CorruptionError, ParseError
-from pbkfs.showinfo import pretty_size
 from pbkfs.view.rewrite import parse_tablespace_map, strip_recovery_settings
 
 W = Path("x/backup_content.control")

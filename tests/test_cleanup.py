@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pbkfs.diffdir import LockInfo
-from pbkfs.runtime import read_record
+from pbkfs.diff.directory import LockInfo
+from pbkfs.mount.runtime import read_record
 from tests.mounting import is_mounted, kill9_mount, mount_pids, mounted, pbkfs, require_fuse
 from tests.support.postgres import pg_workdir
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pbkfs.blockmap import HEADER_SIZE, SLOT_SIZE, BlockMap, MapFormatError
-from pbkfs.diffstore import ObjectStore, data_path, map_path
+from pbkfs.diff.blockmap import HEADER_SIZE, SLOT_SIZE, BlockMap, MapFormatError
+from pbkfs.diff.objects import ObjectStore, data_path, map_path
 
 BS = 8192
 

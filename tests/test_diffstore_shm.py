@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pbkfs.blockmap import BlockMap
-from pbkfs.diffstore import ObjectStore, map_path
-from pbkfs.shm import Region, Segment
+from pbkfs.diff.blockmap import BlockMap
+from pbkfs.diff.objects import ObjectStore, map_path
+from pbkfs.diff.sharedmaps import Region, Segment
 
 BS = 8192
 
@@ -90,7 +90,7 @@ def test_slot_survives_eviction_and_is_freed_by_remove(tmp_path: Path, seg: Segm
 def test_stale_segments_of_dead_mounts_are_removed() -> None:
     import posix_ipc
 
-    from pbkfs.shm import remove_stale, segment_name
+    from pbkfs.diff.sharedmaps import remove_stale, segment_name
 
     dead = segment_name(2**22 + 12345, uuid.uuid4().hex[:8])  # no such pid
     live = segment_name(os.getpid(), uuid.uuid4().hex[:8])  # the test runner: not pbkfs

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pbkfs.control import Latency, query
-from pbkfs.runtime import read_record
+from pbkfs.mount.controlsocket import Latency, query
+from pbkfs.mount.runtime import read_record
 from tests.mounting import mounted, require_fuse
 from tests.support.postgres import pg_workdir
 

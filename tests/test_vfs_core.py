@@ -18,14 +18,14 @@ import pyfuse3
 import pytest
 import trio
 
-from pbkfs.diffdir import DiffDir
-from pbkfs.fuseops import Operations
-from pbkfs.journal import JournalDir
-from pbkfs.namespace import FsError, Namespace
-from pbkfs.router import Router
-from pbkfs.shm import Segment
-from pbkfs.source import SourceSpec, open_source
-from pbkfs.vfs import Vfs
+from pbkfs.diff.directory import DiffDir
+from pbkfs.diff.journal import JournalDir
+from pbkfs.diff.sharedmaps import Segment
+from pbkfs.fs.namespace import FsError, Namespace
+from pbkfs.fs.vfs import Vfs
+from pbkfs.ipc.router import Router
+from pbkfs.mount.fuseops import Operations
+from pbkfs.view.source import SourceSpec, open_source
 
 BS = 8192
 
@@ -62,7 +62,7 @@ def run_vfs(tmp_path: Path, body: Body, workers: int = 2) -> None:
     else:
         ns.load_entries(source.entries())
     ns.replay(records)
-    from pbkfs.frontend import settle_objects
+    from pbkfs.fs.settle import settle_objects
 
     settle_objects(ns, diff, source)
     name = f"/pbkfs-test-{uuid.uuid4().hex[:8]}"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pbkfs import journal as J
-from pbkfs.journal import JournalDir
-from pbkfs.namespace import RENAME_NOREPLACE, FsError, Namespace
-from pbkfs.source import PlainEntry
+from pbkfs.diff import journal as J
+from pbkfs.diff.journal import JournalDir
+from pbkfs.fs.namespace import RENAME_NOREPLACE, FsError, Namespace
+from pbkfs.view.source import PlainEntry
 
 ENTRIES = [
     PlainEntry("base", "d", 0o700, 0),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
-from pbkfs.verify import stored_work, verify_view
 from pbkfs.view import open_view
+from pbkfs.view.verify import stored_work, verify_view
 
 CASES = [
     ("pg15", "main", "TP2KB6", "none (FULL)"),

@@ -1,6 +1,6 @@
 """Entry point: `python -m workers SPEC_JSON` (started by the frontend, never by hand).
 
-SPEC_JSON is a `pbkfs.router.WorkerSpec` in JSON. The worker opens its own view
+SPEC_JSON is a `pbkfs.ipc.protocol.WorkerSpec` in JSON. The worker opens its own view
 of the source, attaches its region of the mount's shared-memory segment,
 says Ready on stdout and serves requests until told to shut down.
 """
@@ -13,12 +13,12 @@ import sys
 
 import msgspec
 
-from pbkfs import protocol as P
-from pbkfs.diffstore import ObjectStore
+from pbkfs.diff.objects import ObjectStore
+from pbkfs.diff.sharedmaps import Region, Segment
+from pbkfs.ipc import protocol as P
+from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.logsetup import setup_logging
-from pbkfs.router import WorkerSpec
-from pbkfs.shm import Region, Segment
-from pbkfs.source import open_source
+from pbkfs.view.source import open_source
 from workers.handlers import Handlers
 from workers.loop import Worker, log_line
 

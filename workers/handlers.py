@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 
-from pbkfs import protocol as P
-from pbkfs.diffstore import ObjectStore, errno_of
+from pbkfs.diff.objects import ObjectStore, errno_of
 from pbkfs.errors import PbkfsError
+from pbkfs.ipc import protocol as P
 
 
 class Handlers:

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from pbkfs import protocol as P
+from pbkfs.ipc import protocol as P
 from workers.handlers import Handlers
 
 # Switches for measurements: handle requests in the reading thread when they cannot block

@@ -16,7 +16,7 @@ from pbkfs.cli.common import reports_errors
 @reports_errors
 def cleanup(diff: str, force: bool) -> None:
     """Delete everything a diff directory holds (all changes made through its mounts)."""
-    from pbkfs.diffclean import wipe
+    from pbkfs.mount.cleanup import wipe
 
     for line in wipe(diff, force=force):
         click.echo(line)

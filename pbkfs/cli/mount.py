@@ -10,9 +10,9 @@ import click
 
 from pbkfs.cli.common import reports_errors
 from pbkfs.errors import UsageError
-from pbkfs.mountrecovery import MountRecovery, plan_mount
 from pbkfs.recovery import recovery_target_options, target_from_options
-from pbkfs.source import SourceSpec
+from pbkfs.recovery.mountplan import MountRecovery, plan_mount
+from pbkfs.view.source import SourceSpec
 
 
 @click.command("mount")
@@ -79,8 +79,9 @@ def mount(
     archive-get` on this catalog; by default they stop at the backup's consistent point and
     promote. With a target and no -i, pbkfs picks the newest backup that can reach it.
     """
-    from pbkfs import daemon, frontend
     from pbkfs.config import load_config
+    from pbkfs.mount import daemon
+    from pbkfs.mount.options import MountOptions
 
     cfg = load_config(config_file)
     if workers is None:
@@ -111,7 +112,7 @@ def mount(
                           backup_id=recovery.backup_id)
     if workers < 1:
         raise UsageError(f"--workers {workers}: need at least 1")
-    opts = frontend.MountOptions(
+    opts = MountOptions(
         source=spec,
         mountpoint=os.path.abspath(mountpoint),
         diff=os.path.abspath(diff),
@@ -138,6 +139,8 @@ def mount(
             else:
                 click.echo(f"pbkfs: error: {err}", err=True)
 
+        from pbkfs.mount import frontend  # loads pyfuse3: only when serving here
+
         sys.exit(frontend.run(opts, ready))
     pid = daemon.start_background(opts, timeout=timeout)
     click.echo(f"mounted {opts.mountpoint} (pid {pid}, diff {opts.diff})")
@@ -157,7 +160,7 @@ def unmount(mountpoint: str, timeout: float, force: bool) -> None:
 
     Refuses a busy mount (naming the processes with files open there) unless --force; also
     clears a broken mount ("Transport endpoint is not connected")."""
-    from pbkfs import daemon
+    from pbkfs.mount import daemon
 
     daemon.unmount(mountpoint, timeout=timeout, force=force)
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")

@@ -8,7 +8,7 @@ import click
 
 from pbkfs.catalog.store import Store
 from pbkfs.cli.common import reports_errors, store_option
-from pbkfs.showinfo import show_json, show_text
+from pbkfs.cli.showinfo import show_json, show_text
 
 
 @click.command()
@@ -23,7 +23,7 @@ def show(store: str, instance: str | None, archive: bool, fmt: str) -> None:
     """List the backups of a catalog, newest first, with each backup's chain."""
     st = Store(store)
     if archive:
-        from pbkfs.archiveinfo import show_archive_json, show_archive_text
+        from pbkfs.cli.archiveinfo import show_archive_json, show_archive_text
 
         if fmt == "json":
             click.echo(json.dumps(show_archive_json(st, instance), indent=4))

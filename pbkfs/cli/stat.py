@@ -38,8 +38,8 @@ def stat(mountpoint: str, fmt: str, reset: bool) -> None:
 
 def fetch(mountpoint: str, *, reset: bool = False) -> dict[str, Any]:
     """Ask the mount's control socket (found through its runtime record)."""
-    from pbkfs.control import query
-    from pbkfs.runtime import read_record
+    from pbkfs.mount.controlsocket import query
+    from pbkfs.mount.runtime import read_record
 
     mnt = os.path.abspath(mountpoint)
     rec = read_record(mnt)

@@ -10,8 +10,8 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from pbkfs.cli.common import reports_errors, store_option
-from pbkfs.verify import total_work, verify_view
 from pbkfs.view import open_view
+from pbkfs.view.verify import total_work, verify_view
 
 
 @click.command()

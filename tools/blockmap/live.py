@@ -2,7 +2,7 @@
 
 The mount process records itself (pid, diff directory, shared-memory segment
 name) in the runtime record `pbkfs unmount` uses; the segment holds one region
-per worker, each a table of (object id, bitmap, horizon) slots (`pbkfs.shm`).
+per worker, each a table of (object id, bitmap, horizon) slots (`pbkfs.diff.sharedmaps`).
 Reading it never writes: the segment is mapped read-only.
 """
 
@@ -12,9 +12,9 @@ import os
 
 import posix_ipc
 
+from pbkfs.diff.sharedmaps import Segment
 from pbkfs.errors import UsageError
-from pbkfs.runtime import RuntimeRecord, read_record
-from pbkfs.shm import Segment
+from pbkfs.mount.runtime import RuntimeRecord, read_record
 from tools.blockmap.state import ObjMap
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from pbkfs.blockmap import blocks_for
-from pbkfs.namespace import FsError, Namespace, Node
+from pbkfs.diff.blockmap import blocks_for
+from pbkfs.fs.namespace import FsError, Namespace, Node
 from tools.blockmap.state import DiffState, ObjMap
 
 DIFF = "diff"

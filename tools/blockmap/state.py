@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pbkfs import journal as J
-from pbkfs.blockmap import BlockMap, MapFormatError
-from pbkfs.diffdir import Binding, DiffDir
-from pbkfs.diffstore import map_path
+from pbkfs.diff import journal as J
+from pbkfs.diff.blockmap import BlockMap, MapFormatError
+from pbkfs.diff.directory import Binding, DiffDir
+from pbkfs.diff.objects import map_path
 from pbkfs.errors import UsageError
-from pbkfs.namespace import Namespace
-from pbkfs.source import Source, SourceSpec, open_source
+from pbkfs.fs.namespace import Namespace
+from pbkfs.view.source import Source, SourceSpec, open_source
 
 log = logging.getLogger("tools.blockmap")
 
@@ -85,7 +85,7 @@ def read_generation(ns_dir: str) -> tuple[int, J.Snapshot | None, list[J.Record]
 
 def load_state(diff_path: str, store_override: str | None = None) -> DiffState:
     """Binding, source view and the namespace as the next mount would see it."""
-    from pbkfs.frontend import settle_objects
+    from pbkfs.fs.settle import settle_objects
 
     diff = DiffDir(diff_path)
     binding = read_binding(diff)

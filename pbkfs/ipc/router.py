@@ -21,24 +21,13 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from pbkfs import protocol as P
-from pbkfs.source import SourceSpec
+from pbkfs.ipc import protocol as P
+from pbkfs.ipc.protocol import WorkerSpec
+from pbkfs.view.source import SourceSpec
 
 F_SETPIPE_SZ = 1031
 MAX_RESTARTS_PER_MINUTE = 5
 PIPE_SIZE = 1 << 20
-
-
-class WorkerSpec(msgspec.Struct):
-    """Everything a worker needs, passed as one JSON argument."""
-
-    index: int
-    source: SourceSpec
-    objects: str
-    shm: str
-    threads: int = 8
-    log_format: str = "text"
-    log_level: str = "info"
 
 
 class WorkerDied(Exception):

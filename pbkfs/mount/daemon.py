@@ -1,6 +1,6 @@
 """Starting a mount in the background and stopping it (`pbkfs mount` / `pbkfs unmount`).
 
-The launcher starts `python -m pbkfs.frontend` in a new session with a pipe;
+The launcher starts `python -m pbkfs.mount.frontend` in a new session with a pipe;
 the frontend answers "OK" once the mount answers, or "ERR <reason>". The
 launcher then checks that the mount point really is a pbkfs mount before it
 returns 0. Unmounting asks the kernel to unmount (refused while files are
@@ -21,9 +21,10 @@ import time
 import msgspec
 
 from pbkfs.errors import PbkfsError, UsageError
-from pbkfs.frontend import MountOptions, is_mountpoint
+from pbkfs.mount.checks import is_mountpoint
+from pbkfs.mount.options import MountOptions
+from pbkfs.mount.runtime import read_record
 from pbkfs.proc import pid_alive
-from pbkfs.runtime import read_record
 
 
 class MountError(PbkfsError):
@@ -34,7 +35,8 @@ def start_background(opts: MountOptions, timeout: float = 300.0) -> int:
     """Start the mount process; returns its pid once the mount answers."""
     r, w = os.pipe()
     os.set_inheritable(w, True)
-    args = [sys.executable, "-m", "pbkfs.frontend", msgspec.json.encode(opts).decode(), str(w)]
+    args = [sys.executable, "-m", "pbkfs.mount.frontend",
+            msgspec.json.encode(opts).decode(), str(w)]
     devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     # posix_spawn, not Popen: the mount process outlives this one and nobody waits for it.
     pid = os.posix_spawn(sys.executable, args, os.environ, file_actions=devnull, setsid=True)

@@ -22,9 +22,9 @@ import time
 
 import msgspec
 
-from pbkfs.durability import not_resumable_error
+from pbkfs.diff.durability import not_resumable_error
 from pbkfs.errors import UsageError
-from pbkfs.source import SourceSpec
+from pbkfs.view.source import SourceSpec
 
 FORMAT = 1
 
@@ -38,7 +38,7 @@ class Binding(msgspec.Struct):
     base_time_ns: int
     local_wal: bool = False
     format: int = FORMAT
-    resumable: bool = True  # False once mounted with --no-wal (pbkfs.durability)
+    resumable: bool = True  # False once mounted with --no-wal (pbkfs.diff.durability)
 
 
 class LockInfo(msgspec.Struct):

@@ -19,9 +19,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from pbkfs.control import Latency
-from pbkfs.namespace import FsError, Node
-from pbkfs.vfs import Vfs
+from pbkfs.fs.namespace import FsError, Node
+from pbkfs.fs.vfs import Vfs
+from pbkfs.mount.controlsocket import Latency
 
 TIMEOUT = 86400.0
 T = TypeVar("T")

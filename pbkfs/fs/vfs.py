@@ -24,12 +24,12 @@ from collections.abc import Callable
 
 import trio
 
-from pbkfs import protocol as P
-from pbkfs.diffstore import data_path
-from pbkfs.journal import JournalDir
-from pbkfs.namespace import FsError, Namespace, Node
-from pbkfs.router import Router
-from pbkfs.shm import Segment
+from pbkfs.diff.journal import JournalDir
+from pbkfs.diff.objects import data_path
+from pbkfs.diff.sharedmaps import Segment
+from pbkfs.fs.namespace import FsError, Namespace, Node
+from pbkfs.ipc import protocol as P
+from pbkfs.ipc.router import Router
 
 
 class Handle:
@@ -84,7 +84,7 @@ class Vfs:
         self.pending_bytes = 0
         self.max_pending = 64 << 20
         self.space = trio.Event()
-        self.defer_fsync = False  # --perf-unsafe (pbkfs.durability)
+        self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
 
     # -- helpers -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ class RuntimeRecord(msgspec.Struct):
     diff: str
     shm: str
     workers: list[int]
-    control: str = ""  # Unix socket answering `pbkfs stat` (pbkfs.control)
+    control: str = ""  # Unix socket answering `pbkfs stat` (pbkfs.mount.controlsocket)
 
 
 def runtime_dir() -> str:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pbkfs import journal as J
+from pbkfs.diff import journal as J
 
 ROOT_INO = 1
 KIND_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}

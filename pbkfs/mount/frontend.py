@@ -1,6 +1,6 @@
 """The mount process: recover the diff, start workers, serve FUSE, shut down cleanly.
 
-Run as `python -m pbkfs.frontend OPTIONS_JSON [READY_FD]` by `pbkfs mount`
+Run as `python -m pbkfs.mount.frontend OPTIONS_JSON [READY_FD]` by `pbkfs mount`
 (or in-process with --foreground). It reports "OK" or "ERR <message>" on
 READY_FD once the mount answers or setup failed, so the launcher can return
 the right exit status with the real reason.
@@ -28,64 +28,35 @@ import msgspec
 import pyfuse3
 import trio
 
-from pbkfs import control
-from pbkfs.diffdir import DiffDir
-from pbkfs.diffrecovery import collect_garbage, settle_objects
-from pbkfs.durability import (
+from pbkfs.diff.directory import DiffDir
+from pbkfs.diff.durability import (
     check_dirty,
     clear_dirty,
     make_scratch,
     mark_dirty,
     remove_scratch,
 )
+from pbkfs.diff.journal import JournalDir
+from pbkfs.diff.sharedmaps import Segment, remove_stale, segment_name
 from pbkfs.errors import PbkfsError, UsageError
-from pbkfs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
-from pbkfs.fuseops import Operations
-from pbkfs.journal import JournalDir
-from pbkfs.kerneltune import tune_bdi
-from pbkfs.mountchecks import (
+from pbkfs.fs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
+from pbkfs.fs.namespace import Namespace
+from pbkfs.fs.settle import collect_garbage, settle_objects
+from pbkfs.fs.vfs import Vfs
+from pbkfs.ipc.router import Router
+from pbkfs.mount import controlsocket as control
+from pbkfs.mount.checks import (
     check_entries,
     check_fuse,
     check_mountpoint,
-    is_mountpoint,
     resolve_owner,
 )
-from pbkfs.mountrecovery import MountRecovery
-from pbkfs.mountstats import MountStats
-from pbkfs.namespace import Namespace
-from pbkfs.router import Router
-from pbkfs.runtime import RuntimeRecord, control_path, remove_record, write_record
-from pbkfs.shm import Segment, remove_stale, segment_name
-from pbkfs.source import Source, SourceSpec, open_source
-from pbkfs.vfs import Vfs
-
-
-class MountOptions(msgspec.Struct):
-    source: SourceSpec
-    mountpoint: str
-    diff: str
-    workers: int
-    owner: str | None = None
-    local_wal: bool = False
-    writeback: bool = True
-    threads: int = 8
-    foreground: bool = False
-    postgresql_conf: bool = True
-    tune_writeback: bool = True
-    entry_timeout: float = 86400.0
-    attr_timeout: float = 86400.0
-    log_format: str = "text"
-    log_level: str = "info"
-    log_file: str = ""  # background mounts: default <diff>/pbkfs.log
-    recovery: MountRecovery | None = None  # what a first mount adds for recovery
-    perf_unsafe: bool = False  # fsync deferred to unmount; dirty marker (pbkfs.durability)
-    no_wal: bool = False  # pg_wal in a scratch directory; the diff is not resumable
-    force: bool = False  # accept a diff left dirty by a --perf-unsafe mount
-
-
-# Re-exported: pbkfs.daemon and pbkfs.diffclean use is_mountpoint, tools.blockmap
-# settle_objects, from here.
-__all__ = ["MountOptions", "is_mountpoint", "main", "run", "settle_objects"]
+from pbkfs.mount.fuseops import Operations
+from pbkfs.mount.kerneltune import tune_bdi
+from pbkfs.mount.options import MountOptions
+from pbkfs.mount.runtime import RuntimeRecord, control_path, remove_record, write_record
+from pbkfs.mount.stats import MountStats
+from pbkfs.view.source import Source, SourceSpec, open_source
 
 _logger = logging.getLogger("pbkfs.mount")
 

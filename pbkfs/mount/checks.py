@@ -12,7 +12,7 @@ import pwd
 import stat
 
 from pbkfs.errors import CorruptionError, UsageError
-from pbkfs.source import Source
+from pbkfs.view.source import Source
 
 
 def is_mountpoint(path: str) -> bool:

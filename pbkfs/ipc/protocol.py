@@ -13,6 +13,8 @@ import struct
 
 import msgspec
 
+from pbkfs.view.source import SourceSpec
+
 LEN = struct.Struct("<I")
 MAX_FRAME = 64 << 20
 
@@ -149,3 +151,15 @@ class FrameBuffer:
         if pos:
             del buf[:pos]
         return out
+
+
+class WorkerSpec(msgspec.Struct):
+    """Everything a worker needs, passed as one JSON argument."""
+
+    index: int
+    source: SourceSpec
+    objects: str
+    shm: str
+    threads: int = 8
+    log_format: str = "text"
+    log_level: str = "info"

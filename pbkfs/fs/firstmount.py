@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 
-from pbkfs.diffdir import DiffDir
-from pbkfs.diffstore import ObjectStore
-from pbkfs.mountrecovery import MountRecovery, save_options
-from pbkfs.namespace import Namespace, Node
-from pbkfs.source import Source
+from pbkfs.diff.directory import DiffDir
+from pbkfs.diff.objects import ObjectStore
+from pbkfs.fs.namespace import Namespace, Node
+from pbkfs.recovery.mountplan import MountRecovery, save_options
+from pbkfs.view.source import Source
 
 
 def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int,

@@ -30,8 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from pbkfs.blockmap import BlockMap, MapFormatError, blocks_for
-from pbkfs.shm import Region
+from pbkfs.diff.blockmap import BlockMap, MapFormatError, blocks_for
+from pbkfs.diff.sharedmaps import Region
 
 
 class BaseReader(Protocol):

@@ -1,4 +1,4 @@
-"""What the control socket of a live mount reports (see pbkfs.control)."""
+"""What the control socket of a live mount reports (see pbkfs.mount.controlsocket)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 import time
 from typing import Any
 
-from pbkfs.fuseops import Operations
-from pbkfs.router import Router
-from pbkfs.vfs import Vfs
+from pbkfs.fs.vfs import Vfs
+from pbkfs.ipc.router import Router
+from pbkfs.mount.fuseops import Operations
 
 
 class MountStats:

@@ -30,7 +30,7 @@ import stat
 
 import msgspec
 
-from pbkfs.diffdir import DiffDir, LockInfo
+from pbkfs.diff.directory import DiffDir, LockInfo
 from pbkfs.errors import UsageError
 from pbkfs.proc import pid_alive
 
@@ -74,7 +74,7 @@ def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
 
 def _stale_runtime(diff_path: str) -> list[str]:
     """Runtime records (and shared memory) of dead mounts of this diff: removed."""
-    from pbkfs.runtime import RuntimeRecord, runtime_dir
+    from pbkfs.mount.runtime import RuntimeRecord, runtime_dir
 
     notes: list[str] = []
     d = runtime_dir()
@@ -149,7 +149,7 @@ def wipe(path: str, force: bool = False) -> list[str]:
             else:
                 notes.append(f"recovered the stale lock of pid {info.pid} (process gone; was "
                              f"mounted at {info.mountpoint})")
-                from pbkfs.frontend import is_mountpoint
+                from pbkfs.mount.checks import is_mountpoint
 
                 if is_mountpoint(info.mountpoint):
                     notes.append(f"{info.mountpoint} is still attached (its process died): "

@@ -12,7 +12,7 @@ from typing import Any
 
 from pbkfs.catalog.lsn import format_lsn
 from pbkfs.catalog.store import Instance, Store
-from pbkfs.showinfo import backup_record, pretty_size
+from pbkfs.cli.showinfo import backup_record, pretty_size
 from pbkfs.walarchive.archive import WalArchive
 from pbkfs.walarchive.names import segment_name
 from pbkfs.walarchive.timelines import Timeline, archive_timelines

@@ -14,7 +14,7 @@ import os
 import msgspec
 
 from pbkfs.catalog.store import Store
-from pbkfs.diffdir import DiffDir, write_atomic
+from pbkfs.diff.directory import DiffDir, write_atomic
 from pbkfs.errors import UsageError
 from pbkfs.recovery import RecoveryTarget, plan_recovery, recovery_files, require_archive_covers
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
-from pbkfs.blockmap import BlockMap, MapFormatError
-from pbkfs.diffdir import DiffDir
-from pbkfs.diffstore import data_path, map_path
-from pbkfs.namespace import Namespace
-from pbkfs.source import Source
+from pbkfs.diff.blockmap import BlockMap, MapFormatError
+from pbkfs.diff.directory import DiffDir
+from pbkfs.diff.objects import data_path, map_path
+from pbkfs.fs.namespace import Namespace
+from pbkfs.view.source import Source
 
 
 def settle_objects(ns: Namespace, diff: DiffDir, source: Source) -> None:

@@ -1,0 +1,35 @@
+"""What `pbkfs mount` hands the mount process: one JSON argument, decoded here.
+
+Kept apart from the mount process so the launcher (`pbkfs.mount.daemon`) can
+build it without loading pyfuse3 or trio.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pbkfs.recovery.mountplan import MountRecovery
+from pbkfs.view.source import SourceSpec
+
+
+class MountOptions(msgspec.Struct):
+    source: SourceSpec
+    mountpoint: str
+    diff: str
+    workers: int
+    owner: str | None = None
+    local_wal: bool = False
+    writeback: bool = True
+    threads: int = 8
+    foreground: bool = False
+    postgresql_conf: bool = True
+    tune_writeback: bool = True
+    entry_timeout: float = 86400.0
+    attr_timeout: float = 86400.0
+    log_format: str = "text"
+    log_level: str = "info"
+    log_file: str = ""  # background mounts: default <diff>/pbkfs.log
+    recovery: MountRecovery | None = None  # what a first mount adds for recovery
+    perf_unsafe: bool = False  # fsync deferred to unmount; dirty marker (pbkfs.diff.durability)
+    no_wal: bool = False  # pg_wal in a scratch directory; the diff is not resumable
+    force: bool = False  # accept a diff left dirty by a --perf-unsafe mount
