@@ -24,6 +24,7 @@ import msgspec
 
 from pbkfs.diff.durability import not_resumable_error
 from pbkfs.errors import UsageError
+from pbkfs.fsutil import fsync_dir
 from pbkfs.view.source import SourceSpec
 
 FORMAT = 1
@@ -76,11 +77,7 @@ def write_atomic(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 class DiffDir:
@@ -128,10 +125,23 @@ class DiffDir:
         self.published = True
 
     @staticmethod
+    def lock_info(fd: int) -> LockInfo | None:
+        """Who holds the lock file open at `fd`, as published (None: not published or garbled)."""
+        raw = os.pread(fd, 4096, 0)
+        if not raw.strip():
+            return None
+        try:
+            return msgspec.json.decode(raw, type=LockInfo)
+        except msgspec.DecodeError:
+            return None
+
+    @staticmethod
     def lock_holder(fd: int) -> str:
         try:
-            info = msgspec.json.decode(os.pread(fd, 4096, 0), type=LockInfo)
-        except (msgspec.DecodeError, OSError):
+            info = DiffDir.lock_info(fd)
+        except OSError:
+            return ""
+        if info is None:
             return ""
         return f" by pid {info.pid} on {info.host} (mounted at {info.mountpoint})"
 

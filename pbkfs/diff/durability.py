@@ -17,6 +17,7 @@ import shutil
 import tempfile
 
 from pbkfs.errors import UsageError
+from pbkfs.fsutil import fsync_dir
 
 DIRTY = "dirty"
 
@@ -48,7 +49,7 @@ def mark_dirty(diff: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _sync_dir(diff)
+    fsync_dir(diff)
 
 
 def clear_dirty(diff: str) -> None:
@@ -57,15 +58,7 @@ def clear_dirty(diff: str) -> None:
         os.unlink(dirty_path(diff))
     except FileNotFoundError:
         return
-    _sync_dir(diff)
-
-
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(diff)
 
 
 def not_resumable_error(diff: str) -> UsageError:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import msgspec
 
 from pbkfs.codecs.crc import crc32c
+from pbkfs.fsutil import fsync_dir
 
 _REC = struct.Struct("<II")  # length, crc32c
 
@@ -239,7 +240,7 @@ class JournalDir:
         os.fsync(jfd)
         os.close(jfd)
         os.rename(tmp, self._file("snapshot", gen))
-        self._fsync_dir()
+        fsync_dir(self.path)
         self._open_journal(gen, 0)
         for g in self.generations():
             if g < gen:
@@ -248,14 +249,7 @@ class JournalDir:
                         os.unlink(self._file(kind, g))
                     except FileNotFoundError:
                         pass
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from pbkfs.diff.blockmap import BlockMap, MapFormatError, blocks_for
 from pbkfs.diff.sharedmaps import Region
+from pbkfs.fsutil import fsync_dir, pread_exact
 
 
 class BaseReader(Protocol):
@@ -65,21 +66,6 @@ class Obj:
         self.dirty = False
         self.new = False  # its files were created here: their names need a directory fsync
         self.busy = 0  # operations using it now: never closed under them
-
-
-def _pread_full(fd: int, length: int, off: int) -> bytes:
-    out = os.pread(fd, length, off)
-    if len(out) == length or not out:
-        return out
-    parts = [out]
-    got = len(out)
-    while got < length:
-        more = os.pread(fd, length - got, off + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
 def _pwrite_full(fd: int, data: bytes | memoryview, off: int) -> None:
@@ -250,7 +236,7 @@ class ObjectStore:
         length = min(length, obj.size - off)
         bm = obj.map
         if bm is None:
-            return self._pad(_pread_full(obj.fd, length, off), length)
+            return self._pad(pread_exact(obj.fd, length, off), length)
         bs = self.bs
         end = off + length
         parts: list[bytes] = []
@@ -265,7 +251,7 @@ class ObjectStore:
                 nb += 1
             n = run_end - pos
             if in_diff:
-                chunk = self._pad(_pread_full(obj.fd, n, pos), n)
+                chunk = self._pad(pread_exact(obj.fd, n, pos), n)
             else:
                 assert obj.origin is not None
                 chunk = self._pad(self.base.read(obj.origin, pos, n), n)
@@ -380,11 +366,7 @@ class ObjectStore:
             obj.map.sync()
         if obj.new:
             # The first fsync of a new object also makes its names in objects/ durable.
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.dir)
             obj.new = False
         return obj
 

@@ -32,6 +32,7 @@ import msgspec
 
 from pbkfs.diff.directory import DiffDir, LockInfo
 from pbkfs.errors import UsageError
+from pbkfs.fsutil import fsync_dir
 from pbkfs.proc import pid_alive
 
 # Everything a mount puts into a diff directory (see diffdir.py), and its temporary names.
@@ -40,16 +41,6 @@ OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log"}
 
 def _own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith("binding.json.tmp.")
-
-
-def _read_lock(fd: int) -> LockInfo | None:
-    raw = os.pread(fd, 4096, 0)
-    if not raw.strip():
-        return None
-    try:
-        return msgspec.json.decode(raw, type=LockInfo)
-    except msgspec.DecodeError:
-        return None
 
 
 def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
@@ -69,7 +60,7 @@ def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
         os.close(fd)
         raise UsageError(f"diff directory {diff.path} is in use{holder}; unmount it first "
                          f"(pbkfs unmount -D MOUNTPOINT)") from None
-    return fd, _read_lock(fd)
+    return fd, DiffDir.lock_info(fd)
 
 
 def _stale_runtime(diff_path: str) -> list[str]:
@@ -166,11 +157,7 @@ def wipe(path: str, force: bool = False) -> list[str]:
                 os.unlink(p)
             removed += 1
         os.unlink(diff.lock_path)
-        dfd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(real)
         notes += _stale_runtime(real)
         notes.append(f"wiped {real} ({removed} entries and the lock; the directory is kept)")
     finally:

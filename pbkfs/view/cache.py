@@ -130,15 +130,3 @@ class FdCache:
                     os.close(slot.fd)
             self._open.clear()
 
-
-def pread_exact(fd: int, length: int, offset: int) -> bytes:
-    """pread that loops over short reads; returns fewer bytes only at end of file."""
-    chunks = []
-    while length > 0:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        length -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)

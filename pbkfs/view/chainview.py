@@ -20,7 +20,8 @@ from pbkfs.catalog.content import FileEntry
 from pbkfs.catalog.headermap import PageIndex, read_region, scan_inline_headers
 from pbkfs.catalog.store import Backup, Store
 from pbkfs.errors import ChainError, CorruptionError, PbkfsError
-from pbkfs.view.cache import FdCache, WeightedLRU, pread_exact
+from pbkfs.fsutil import pread_exact
+from pbkfs.view.cache import FdCache, WeightedLRU
 from pbkfs.view.entries import (
     DataSource,
     PlainSource,

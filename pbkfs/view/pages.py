@@ -6,7 +6,8 @@ from pbkfs.catalog.headermap import INLINE_HEADER, PageIndex
 from pbkfs.codecs import decode_page
 from pbkfs.codecs.pagecheck import check_page
 from pbkfs.errors import CodecError, CorruptionError
-from pbkfs.view.cache import FdCache, pread_exact
+from pbkfs.fsutil import pread_exact
+from pbkfs.view.cache import FdCache
 from pbkfs.view.entries import StoredCopy
 
 

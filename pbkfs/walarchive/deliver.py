@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from pbkfs.errors import PbkfsError
+from pbkfs.fsutil import fsync_dir
 
 
 def write_atomically(dest: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> Path:
@@ -40,9 +41,5 @@ def write_atomically(dest: str | os.PathLike[str], data: bytes, mode: int = 0o60
             os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):
-        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(parent)
     return target

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbkfs.errors import CatalogError, PbkfsError, UsageError
+from pbkfs.fsutil import fsync_dir
 from tools.mkbackup.instance import DIR_MODE, load_instance
 from tools.mkbackup.pgcontrol import read_pg_control
 
@@ -176,15 +177,6 @@ def _grab_part(part: Path, timeout: int, log: Callable[[str], None]) -> int:
         raise CatalogError(part, f"cannot create temp WAL file: {exc.strerror}") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _copy_into(fd: int, source: Path, gz: GzipWriter | None) -> None:
     try:
         src = open(source, "rb")  # noqa: SIM115 - closed below, errors mapped to CatalogError
@@ -239,7 +231,8 @@ def push_file(source: Path, name: str, dest_dir: Path, opts: PushOptions,
         os.rename(part, dest)
         done = True
         if opts.sync:
-            _fsync_dir(dest_dir)
+            with contextlib.suppress(OSError):
+                fsync_dir(dest_dir)
         return PushResult(name, dest, pushed=True, compressed=compressed)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

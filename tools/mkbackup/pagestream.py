@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CorruptionError
+from pbkfs.fsutil import pread_exact
 from tools.mkbackup.pages import PageState, inspect_page, make_compressor
 
 RECORD_HEADER = struct.Struct("<Ii")  # BackupPageHeader: block, compressed_size
@@ -126,7 +127,7 @@ def backup_datafile(
     try:
         while blkno < nblocks:
             want = min(READ_CHUNK_PAGES, nblocks - blkno)
-            chunk = os.pread(fd, want * blcksz, blkno * blcksz)
+            chunk = pread_exact(fd, want * blcksz, blkno * blcksz)
             got = len(chunk) // blcksz
             for i in range(got):
                 page = chunk[i * blcksz:(i + 1) * blcksz]
@@ -181,7 +182,7 @@ def _reread(
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(0.002)
-        page = os.pread(fd, blcksz, blkno * blcksz)
+        page = pread_exact(fd, blcksz, blkno * blcksz)
         if len(page) < blcksz:
             return b"", state, 0, 0
         state, lsn, checksum = inspect_page(
