@@ -12,21 +12,8 @@ import pwd
 import stat
 
 from pbkfs.errors import CorruptionError, UsageError
+from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.view.source import Source
-
-
-def is_mountpoint(path: str) -> bool:
-    """From /proc/self/mountinfo only: never stat a mount point that may hang."""
-    want = os.path.abspath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mp = line.split()[4].encode().decode("unicode_escape")
-                if mp == want:
-                    return True
-    except OSError:
-        return os.path.ismount(want)
-    return False
 
 
 def resolve_owner(owner: str | None, mountpoint: str) -> tuple[int, int]:
@@ -53,7 +40,7 @@ def check_mountpoint(mnt: str) -> None:
         raise UsageError(f"mount point {mnt} does not exist")
     if not os.path.isdir(mnt):
         raise UsageError(f"mount point {mnt} is not a directory")
-    if is_mountpoint(mnt):
+    if is_mounted(mnt):
         raise UsageError(f"mount point {mnt} is already a mount point")
     if os.listdir(mnt):
         raise UsageError(f"mount point {mnt} is not empty")

@@ -140,9 +140,9 @@ def wipe(path: str, force: bool = False) -> list[str]:
             else:
                 notes.append(f"recovered the stale lock of pid {info.pid} (process gone; was "
                              f"mounted at {info.mountpoint})")
-                from pbkfs.mount.checks import is_mountpoint
+                from pbkfs.mount.mountinfo import is_mounted
 
-                if is_mountpoint(info.mountpoint):
+                if is_mounted(info.mountpoint):
                     notes.append(f"{info.mountpoint} is still attached (its process died): "
                                  f"run pbkfs unmount -D {info.mountpoint}")
         removed = 0

@@ -21,7 +21,7 @@ import time
 import msgspec
 
 from pbkfs.errors import PbkfsError, UsageError
-from pbkfs.mount.checks import is_mountpoint
+from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.options import MountOptions
 from pbkfs.mount.runtime import read_record
 from pbkfs.proc import pid_alive
@@ -60,7 +60,7 @@ def start_background(opts: MountOptions, timeout: float = 300.0) -> int:
         os.close(r)
     line = buf.decode(errors="replace").strip()
     if line == "OK":
-        if not is_mountpoint(opts.mountpoint):
+        if not is_mounted(opts.mountpoint):
             raise MountError(f"{opts.mountpoint}: the mount process said OK but nothing is mounted")
         return pid
     if line.startswith("ERR "):
@@ -129,7 +129,7 @@ def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> Non
         broken = False
     except OSError as exc:
         broken = exc.errno == 107  # ENOTCONN: the mount process is gone
-    if not broken and not is_mountpoint(mnt):
+    if not broken and not is_mounted(mnt):
         raise UsageError(f"{mnt} is not mounted")
     res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if res.returncode != 0:

@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 import os
 
+from pbkfs.mount.mountinfo import mounts_at
+
 BDI_MAX_RATIO = int(os.environ.get("PBKFS_BDI_MAX_RATIO", "20"))
 _logger = logging.getLogger("pbkfs.mount")
 
 
 def mount_device(mnt: str) -> str | None:
     """major:minor of the mount at `mnt`, from mountinfo (never stat our own mount)."""
-    want = os.path.abspath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == want:
-                return fields[2]
-    return None
+    at = mounts_at(mnt)
+    return at[0].device if at else None
 
 
 # read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers

@@ -14,18 +14,9 @@ import posix_ipc
 
 from pbkfs.diff.sharedmaps import Segment
 from pbkfs.errors import UsageError
+from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.runtime import RuntimeRecord, read_record
 from tools.blockmap.state import ObjMap
-
-
-def is_mounted(mountpoint: str) -> bool:
-    want = os.path.abspath(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == want:
-                return True
-    return False
 
 
 def find_mount(mountpoint: str) -> RuntimeRecord:
