@@ -2,34 +2,63 @@
 
 Decoded with msgspec into typed Structs, so a misspelt key or a wrong type is an
 error naming the file and the key instead of a silently ignored setting.
+
+The default values are defined here, once; every other module that needs one
+(mount options, the FUSE operations, the view's caches) takes it from here. The
+shipped files of conf/ (pbkfs.toml, which documents these values, and
+postgresql.pbkfs.conf) are package data: the source tree's `pbkfs/defaults` is a
+link to `conf/`, and the wheel carries them as `pbkfs/defaults/*`, so an installed
+pbkfs finds them the same way a checkout does.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from pbkfs.errors import UsageError
 
 SYSTEM_CONFIG = Path("/etc/pbkfs/pbkfs.toml")
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+# conf/ of the source tree, wherever pbkfs runs from (a checkout or an installed wheel)
+CONF_DIR = Path(str(resources.files("pbkfs") / "defaults"))
+REPO_CONF = CONF_DIR  # its earlier name, still imported by tests
+DEFAULT_CONFIG_FILE = CONF_DIR / "pbkfs.toml"
+POSTGRESQL_CONF_FILE = CONF_DIR / "postgresql.pbkfs.conf"
+
+# Seconds the kernel may cache names (entry) and attributes (attr) of a mount.
+CACHE_TIMEOUT = 300.0
+# Per process (the mount process and each worker): page-index memory and open backup files.
+PAGE_INDEX_MB = 64
+OPEN_FILES = 64
+
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workers: int = 0
+    workers: int = 0  # checked by worker_count (0 = one per CPU)
     owner: str = ""
-    entry_timeout: float = 300.0
-    attr_timeout: float = 300.0
+    entry_timeout: Seconds = CACHE_TIMEOUT
+    attr_timeout: Seconds = CACHE_TIMEOUT
     apply_postgresql_conf: bool = True
     timeout: float = 60.0
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    page_index_mb: int = 64
-    open_files: int = 64
+    """Bounds of a view's caches; carried by the mount options to the mount process and
+    each worker, which open their views with them (pbkfs.view.source.open_source)."""
+
+    page_index_mb: AtLeastOne = PAGE_INDEX_MB
+    open_files: AtLeastOne = OPEN_FILES
+
+    @property
+    def page_index_bytes(self) -> int:
+        return self.page_index_mb << 20
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -44,7 +73,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
     def effective_workers(self) -> int:
-        return self.mount.workers or (os.cpu_count() or 1)
+        return worker_count(self.mount.workers, "mount.workers", zero_means_cpus=True)
+
+
+def worker_count(n: int, origin: str = "--workers", *, zero_means_cpus: bool = False) -> int:
+    """The number of worker processes `n` asks for, or a UsageError naming `origin`.
+
+    The one check of a worker count, wherever it comes from. In the configuration file
+    (`zero_means_cpus`) 0 means one worker per CPU; a count given on the command line or
+    handed to a mount must be at least 1.
+    """
+    if n == 0 and zero_means_cpus:
+        return os.cpu_count() or 1
+    if n < 1:
+        need = "0 (one per CPU) or more" if zero_means_cpus else "at least 1"
+        raise UsageError(f"{origin} {n}: need {need}")
+    return n
 
 
 def config_path(explicit: str | None = None) -> Path | None:
@@ -72,15 +116,35 @@ def load_config(explicit: str | None = None) -> Config:
         raise UsageError(f"config file {path}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise UsageError(f"config file {path}: not valid TOML: {exc}") from None
-    if config.mount.workers < 0:
-        raise UsageError(f"config file {path}: mount.workers must be 0 (one per CPU) or more")
+    worker_count(config.mount.workers, f"config file {path}: mount.workers",
+                 zero_means_cpus=True)
     return config
 
 
-def postgresql_settings(path: Path | None = None) -> list[tuple[str, str]]:
-    """(name, value) pairs of conf/postgresql.pbkfs.conf, in file order."""
-    from pbkfs.catalog.keyvalue import read_keyvalue
+# a line of postgresql.conf: [name [=] value] [# comment]
+_SETTING = re.compile(r"""\s*(?:(?P<name>[A-Za-z_][\w.]*)\s*=?\s*
+                          (?:'(?P<quoted>(?:[^'\\]|''|\\.)*)'|(?P<plain>[^\s#'=]+)))?
+                          \s*(?:\#.*)?""", re.VERBOSE)
+_ESCAPE = re.compile(r"''|\\(.)")
 
-    source = path or REPO_CONF / "postgresql.pbkfs.conf"
-    values = read_keyvalue(source)
-    return [(k.replace("-", "_"), v) for k, v in values.items()]
+
+def postgresql_settings(path: Path | None = None) -> list[tuple[str, str]]:
+    """(name, value) pairs of conf/postgresql.pbkfs.conf (PostgreSQL's syntax), in file
+    order; a name given twice keeps its first place and its last value."""
+    source = path or POSTGRESQL_CONF_FILE
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{source}: cannot read: {exc}") from exc
+    settings: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = _SETTING.fullmatch(line)
+        if m is None:
+            raise UsageError(f"{source}:{lineno}: expected 'name = value', got "
+                             f"{line.strip()[:80]!r}")
+        if m["name"]:
+            quoted = m["quoted"]
+            value = m["plain"] if quoted is None else _ESCAPE.sub(
+                lambda e: e[1] if e[1] is not None else "'", quoted)
+            settings[m["name"].lower()] = value
+    return list(settings.items())

@@ -34,7 +34,10 @@ stamp=.venv/.pbkfs-installed
 want=$(cat pyproject.toml pbkfs/codecs/_native.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing pbkfs (editable, with test extras) into .venv"
-    .venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
+    # tests/core/test_install.py builds a wheel with this setuptools (no build isolation)
+    # and installs it with `pip --python`: both must be current (setuptools >= 77 reads
+    # the SPDX license of pyproject.toml).
+    .venv/bin/pip install -q --upgrade pip 'setuptools>=77' >/dev/null
     .venv/bin/pip install -q -e '.[test]'
     echo "$want" > "$stamp"
 fi

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         log_line(spec.index, msg)
 
     try:
-        source = open_source(spec.source)
+        source = open_source(spec.source, spec.caches)
     except Exception as exc:
         log(f"cannot open the source: {exc}")
         return 2

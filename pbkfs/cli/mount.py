@@ -79,13 +79,12 @@ def mount(
     archive-get` on this catalog; by default they stop at the backup's consistent point and
     promote. With a target and no -i, pbkfs picks the newest backup that can reach it.
     """
-    from pbkfs.config import load_config
+    from pbkfs.config import load_config, worker_count
     from pbkfs.mount import daemon
     from pbkfs.mount.options import MountOptions
 
     cfg = load_config(config_file)
-    if workers is None:
-        workers = cfg.effective_workers()
+    workers = cfg.effective_workers() if workers is None else worker_count(workers)
     owner = owner or cfg.mount.owner or None
     if timeout is None:
         timeout = max(cfg.mount.timeout, 1.0)
@@ -110,8 +109,6 @@ def mount(
             click.echo(recovery.describe, err=True)
         spec = SourceSpec("catalog", store=os.path.abspath(store), instance=instance,
                           backup_id=recovery.backup_id)
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: need at least 1")
     opts = MountOptions(
         source=spec,
         mountpoint=os.path.abspath(mountpoint),
@@ -123,6 +120,7 @@ def mount(
         postgresql_conf=not no_postgresql_conf and cfg.mount.apply_postgresql_conf,
         entry_timeout=cfg.mount.entry_timeout,
         attr_timeout=cfg.mount.attr_timeout,
+        caches=cfg.cache,
         log_format=cfg.log.format,
         log_level=cfg.log.level,
         log_file=os.path.abspath(cfg.log.file) if cfg.log.file else "",

@@ -13,6 +13,7 @@ import struct
 
 import msgspec
 
+from pbkfs.config import CacheConfig
 from pbkfs.view.source import SourceSpec
 
 LEN = struct.Struct("<I")
@@ -163,3 +164,4 @@ class WorkerSpec(msgspec.Struct):
     threads: int = 8
     log_format: str = "text"
     log_level: str = "info"
+    caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of the worker's view

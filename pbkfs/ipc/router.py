@@ -21,6 +21,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
+from pbkfs.config import CacheConfig, worker_count
 from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.view.source import SourceSpec
@@ -186,11 +187,11 @@ class Router:
         stderr: int | None = None,
         log_format: str = "text",
         log_level: str = "info",
+        caches: CacheConfig | None = None,
     ) -> None:
-        if n < 1:
-            raise ValueError("need at least one worker")
-        self.n = n
-        self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level)
+        self.n = worker_count(n)
+        self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level,
+                                 caches or CacheConfig())
                       for i in range(n)]
         self.conns: list[WorkerConn] = []
         self._rid = 0

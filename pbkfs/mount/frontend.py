@@ -28,6 +28,7 @@ import msgspec
 import pyfuse3
 import trio
 
+from pbkfs.config import worker_count
 from pbkfs.diff.directory import DiffDir
 from pbkfs.diff.durability import (
     check_dirty,
@@ -88,13 +89,12 @@ def prepare(opts: MountOptions) -> Prepared:
     check_fuse()
     mnt = os.path.abspath(opts.mountpoint)
     check_mountpoint(mnt)
-    if opts.workers < 1:
-        raise UsageError(f"--workers {opts.workers}: need at least 1")
+    worker_count(opts.workers)
     p.uid, p.gid = resolve_owner(opts.owner, mnt)
     diff = DiffDir(opts.diff)
     if os.path.realpath(diff.path).startswith(os.path.realpath(mnt) + os.sep):
         raise UsageError("the diff directory must not be inside the mount point")
-    p.source = open_source(opts.source)
+    p.source = open_source(opts.source, opts.caches)
     check_entries(p.source)
     if opts.no_wal and opts.local_wal:
         raise UsageError("--no-wal and --local-wal exclude each other")
@@ -163,7 +163,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
-                    log=log_error,
+                    log=log_error, caches=opts.caches,
                     log_format=opts.log_format, log_level=opts.log_level)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size

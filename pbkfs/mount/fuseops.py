@@ -19,11 +19,11 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from pbkfs.config import CACHE_TIMEOUT
 from pbkfs.fs.namespace import FsError, Node
 from pbkfs.fs.vfs import Vfs
 from pbkfs.mount.controlsocket import Latency
 
-TIMEOUT = 86400.0
 T = TypeVar("T")
 Params = ParamSpec("Params")
 
@@ -75,8 +75,8 @@ class Operations(pyfuse3.Operations):
         self,
         vfs: Vfs,
         writeback: bool = True,
-        entry_timeout: float = TIMEOUT,
-        attr_timeout: float = TIMEOUT,
+        entry_timeout: float = CACHE_TIMEOUT,
+        attr_timeout: float = CACHE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.vfs = vfs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
+from pbkfs.config import CACHE_TIMEOUT, CacheConfig
 from pbkfs.recovery.mountplan import MountRecovery
 from pbkfs.view.source import SourceSpec
 
@@ -24,8 +25,9 @@ class MountOptions(msgspec.Struct):
     foreground: bool = False
     postgresql_conf: bool = True
     tune_writeback: bool = True
-    entry_timeout: float = 86400.0
-    attr_timeout: float = 86400.0
+    entry_timeout: float = CACHE_TIMEOUT
+    attr_timeout: float = CACHE_TIMEOUT
+    caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of every view opened
     log_format: str = "text"
     log_level: str = "info"
     log_file: str = ""  # background mounts: default <diff>/pbkfs.log

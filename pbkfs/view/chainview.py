@@ -19,6 +19,7 @@ from pbkfs.catalog.chain import resolve_chain
 from pbkfs.catalog.content import FileEntry
 from pbkfs.catalog.headermap import PageIndex, read_region, scan_inline_headers
 from pbkfs.catalog.store import Backup, Store
+from pbkfs.config import OPEN_FILES, PAGE_INDEX_MB
 from pbkfs.errors import ChainError, CorruptionError, PbkfsError
 from pbkfs.fsutil import pread_exact
 from pbkfs.view.cache import FdCache, WeightedLRU
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 HIDDEN_FILES = ("tablespace_map", "database_map")
 AUTO_CONF = "postgresql.auto.conf"
 RELSEG_BYTES = 1 << 30
-DEFAULT_INDEX_CACHE_BYTES = 64 << 20
+DEFAULT_INDEX_CACHE_BYTES = PAGE_INDEX_MB << 20
 
 Source = DataSource | PlainSource | RewrittenSource | None
 
@@ -46,7 +47,7 @@ class ChainView:
     """Read-only, thread-safe view of one backup chain as a data directory."""
 
     def __init__(self, chain: list[Backup], *, index_cache_bytes: int = DEFAULT_INDEX_CACHE_BYTES,
-                 open_files: int = 64) -> None:
+                 open_files: int = OPEN_FILES) -> None:
         self.chain = chain
         self.target = chain[0]
         self.backup_id = self.target.id

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from pbkfs.config import CacheConfig
 from pbkfs.errors import UsageError
 
 
@@ -118,12 +119,16 @@ class Source:
         self.view.close()
 
 
-def open_source(spec: SourceSpec) -> Source:
-    """Open the view a spec names (raises pbkfs.errors.* with a clear message)."""
+def open_source(spec: SourceSpec, caches: CacheConfig | None = None) -> Source:
+    """Open the view a spec names, its caches bounded by `caches` (default: the
+    configuration's defaults); raises pbkfs.errors.* with a clear message."""
     if spec.kind == "plain":
         return Source(spec, PlainView(spec.path))
     if spec.kind == "catalog":
         from pbkfs.view import open_view
 
-        return Source(spec, open_view(spec.store, spec.instance, spec.backup_id))
+        caches = caches or CacheConfig()
+        return Source(spec, open_view(spec.store, spec.instance, spec.backup_id,
+                                      index_cache_bytes=caches.page_index_bytes,
+                                      open_files=caches.open_files))
     raise UsageError(f"unknown source kind {spec.kind!r}")
