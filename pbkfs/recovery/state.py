@@ -12,19 +12,13 @@ same target) on its next start, as it would after a restore.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# DBState of ControlFileData (the same values since PostgreSQL 9.x)
-DB_STATES = {
-    0: "starting up", 1: "shut down", 2: "shut down in recovery", 3: "shutting down",
-    4: "in crash recovery", 5: "in archive recovery", 6: "in production",
-}
-FINISHED_STATES = (1, 6)
-STATE_OFFSET = 16  # after system_identifier (8), pg_control_version (4), catalog_version_no (4)
-TIMELINE_OFFSET = 48  # checkPointCopy.ThisTimeLineID (checkPoint at 32, checkPointCopy at 40)
+from pbkfs.catalog.pgcontrol import DB_STATES, PG_CONTROL, control_state
+
+FINISHED_STATES = (1, 6)  # DBState "shut down", "in production"
 
 
 @dataclass(frozen=True)
@@ -57,20 +51,11 @@ class RecoveryStatus:
                 f"present: {', '.join(files) or 'no signal file, no backup_label'}")
 
 
-def read_control_state(raw: bytes) -> tuple[int | None, int | None]:
-    """(DBState, checkpoint timeline) from the first bytes of global/pg_control."""
-    if len(raw) < TIMELINE_OFFSET + 4:
-        return None, None
-    (state,) = struct.unpack_from("<i", raw, STATE_OFFSET)
-    (tli,) = struct.unpack_from("<I", raw, TIMELINE_OFFSET)
-    return (state if state in DB_STATES else None), tli
-
-
 def inspect_recovery(read: Callable[[str], bytes | None]) -> RecoveryStatus:
     """Status from `read(path)` (content of a file relative to the data directory, None if
     absent) — e.g. the mount's merged view of backup + diff."""
-    control = read("global/pg_control")
-    state, tli = read_control_state(control) if control is not None else (None, None)
+    control = read(PG_CONTROL)
+    state, tli = control_state(control) if control is not None else (None, None)
     return RecoveryStatus(
         recovery_signal=read("recovery.signal") is not None,
         standby_signal=read("standby.signal") is not None,

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from pbkfs.catalog.chain import resolve_chain
 from pbkfs.catalog.content import FileEntry
 from pbkfs.catalog.headermap import PageIndex, read_region, scan_inline_headers
+from pbkfs.catalog.pgcontrol import PG_CONTROL, system_identifier
 from pbkfs.catalog.store import Backup, Store
 from pbkfs.config import OPEN_FILES, PAGE_INDEX_MB
 from pbkfs.errors import ChainError, CorruptionError, PbkfsError
@@ -312,13 +312,13 @@ class ChainView:
 
 def read_system_identifier(backup: Backup) -> int | None:
     """system_identifier from the backup's pg_control (the first 8 bytes), if stored."""
-    path = backup.database_dir / "global" / "pg_control"
+    path = backup.database_dir / PG_CONTROL
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError:
         return None
-    return struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    return system_identifier(head)
 
 
 def check_same_system(chain: list[Backup]) -> None:
@@ -327,7 +327,7 @@ def check_same_system(chain: list[Backup]) -> None:
     for member in chain[1:]:
         got = read_system_identifier(member)
         if want is not None and got is not None and got != want:
-            raise ChainError(chain[0].id, member.database_dir / "global" / "pg_control",
+            raise ChainError(chain[0].id, member.database_dir / PG_CONTROL,
                              f"member {member.id} is from another cluster (system identifier "
                              f"{got}, target has {want})")
 

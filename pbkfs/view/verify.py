@@ -9,7 +9,6 @@ Problems are collected, not raised, so one run reports all of them.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pbkfs.catalog.content import FileEntry
 from pbkfs.catalog.control import version_number
 from pbkfs.catalog.headermap import read_region
+from pbkfs.catalog.pgcontrol import PG_CONTROL, stored_crc_is
 from pbkfs.catalog.store import Backup
 from pbkfs.codecs.crc import crc32, crc32c
 from pbkfs.errors import CorruptionError, PbkfsError
@@ -99,25 +99,14 @@ def _check_stored_bytes(member: Backup, entry: FileEntry) -> tuple[list[Problem]
             offset += len(chunk)
     finally:
         os.close(fd)
-    if entry.path == "global/pg_control" and entry.external_dir_num == 0:
-        if not _pg_control_crc_ok(head, entry.crc):
+    if entry.path == PG_CONTROL and entry.external_dir_num == 0:
+        if not stored_crc_is(head, entry.crc):
             problems.append(Problem(member.id, entry.path, None,
                                     f"pg_control CRC does not match the listed {entry.crc}"))
     elif value != entry.crc:
         problems.append(Problem(member.id, entry.path, None,
                                 f"file CRC mismatch: listed {entry.crc}, computed {value}"))
     return problems, size
-
-
-def _pg_control_crc_ok(head: bytes, listed: int) -> bool:
-    """pg_control's listed crc is the CRC32C stored inside it (at offset 288 for PostgreSQL 15;
-    the offset differs between versions, so accept any offset where the stored CRC covers the
-    bytes before it and equals the listed value)."""
-    for off in range(8, min(len(head), 508), 4):
-        (stored,) = struct.unpack_from("<I", head, off)
-        if stored == listed and crc32c(head[:off]) == stored:
-            return True
-    return False
 
 
 def stored_work(view: ChainView) -> Iterator[tuple[Backup, FileEntry]]:

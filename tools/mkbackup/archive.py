@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbkfs.catalog.pgcontrol import read_pg_control
 from pbkfs.errors import CatalogError, PbkfsError, UsageError
 from pbkfs.fsutil import fsync_dir
 from tools.mkbackup.instance import DIR_MODE, load_instance
-from tools.mkbackup.pgcontrol import read_pg_control
 
 WAL_ALGORITHMS = ("none", "zlib")
 DEFAULT_ARCHIVE_TIMEOUT = 300  # pg_probackup's ARCHIVE_TIMEOUT_DEFAULT, seconds
@@ -270,7 +270,7 @@ def archive_push(
     inst = load_instance(store, instance)
     pgdata = Path(cwd) if cwd is not None else Path.cwd()
     try:
-        _raw, control = read_pg_control(pgdata)
+        control = read_pg_control(pgdata)
     except PbkfsError as exc:
         raise CatalogError(pgdata, "archive-push runs in the server's data directory (as "
                                    f"archive_command does); cannot read its pg_control: {exc}") \

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pbkfs.catalog.ids import encode_id
 from pbkfs.catalog.lsn import format_lsn
+from pbkfs.catalog.pgcontrol import ControlData, read_pg_control
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CatalogError, PbkfsError, UsageError
 from tools.mkbackup.archive import DEFAULT_ARCHIVE_TIMEOUT, archive_dir
@@ -54,7 +55,6 @@ from tools.mkbackup.listing import SourceFile, list_pgdata, pgdata_bytes
 from tools.mkbackup.nondata import backup_nondata_file, backup_pg_control
 from tools.mkbackup.pagestream import StreamParams, backup_datafile
 from tools.mkbackup.pgconn import PgConnection, ServerInfo
-from tools.mkbackup.pgcontrol import ControlData, read_pg_control
 from tools.mkbackup.progress import Reporter
 from tools.mkbackup.walstream import copy_wal
 
@@ -118,7 +118,7 @@ def _new_start_time(backups_dir: Path) -> int:
 
 def check_pgdata(inst: Instance, pgdata: Path, info: ServerInfo) -> ControlData:
     """Prove `pgdata` is the data directory of the server we are connected to."""
-    _raw, control = read_pg_control(pgdata)
+    control = read_pg_control(pgdata)
     if control.system_identifier != info.system_identifier:
         raise CatalogError(
             pgdata,

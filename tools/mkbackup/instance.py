@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbkfs.catalog.pgcontrol import read_pg_control
 from pbkfs.errors import CatalogError, UsageError
 from tools.mkbackup.catalogfiles import parse_key_values, render_instance_conf, write_file
-from tools.mkbackup.pgcontrol import read_pg_control
 
 DIR_MODE = 0o700
 
@@ -57,7 +57,7 @@ def add_instance(store: Path, name: str, pgdata: Path) -> Instance:
     inst_dir = store / "backups" / name
     if inst_dir.exists():
         raise CatalogError(inst_dir, f"instance {name!r} already exists")
-    _raw, control = read_pg_control(pgdata)
+    control = read_pg_control(pgdata)
     inst_dir.mkdir(mode=DIR_MODE)
     (store / "wal" / name).mkdir(mode=DIR_MODE, exist_ok=True)
     write_file(

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pbkfs.catalog.pgcontrol import parse_pg_control
 from pbkfs.codecs.crc import crc32c
-from tools.mkbackup.pgcontrol import parse_pg_control
 
 COPY_CHUNK = 1 << 20
 RELMAPPER_FILENAME = "pg_filenode.map"
