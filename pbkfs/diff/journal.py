@@ -139,6 +139,25 @@ def read_records(data: bytes) -> tuple[list[Record], int]:
 _GEN = re.compile(r"^(snapshot|journal)\.(\d+)$")
 
 
+def read_generation(path: str, gen: int) -> tuple[Snapshot | None, list[Record], int]:
+    """Snapshot, journal records and the journal's valid length of generation `gen` in `path`.
+
+    Opens nothing for writing. A missing snapshot (gen > 0) raises FileNotFoundError;
+    a missing journal reads as empty.
+    """
+    snap: Snapshot | None = None
+    if gen:
+        with open(os.path.join(path, f"snapshot.{gen}"), "rb") as f:
+            snap = msgspec.msgpack.decode(f.read(), type=Snapshot)
+    try:
+        with open(os.path.join(path, f"journal.{gen}"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = b""
+    records, valid = read_records(data)
+    return snap, records, valid
+
+
 class JournalDir:
     """The `ns/` directory of a diff: generations of snapshot + journal."""
 
@@ -173,16 +192,7 @@ class JournalDir:
         """Snapshot (None for generation 0) and the journal records of the newest generation."""
         gen = self.latest()
         self.generation = gen
-        snap: Snapshot | None = None
-        if gen:
-            with open(self._file("snapshot", gen), "rb") as f:
-                snap = msgspec.msgpack.decode(f.read(), type=Snapshot)
-        try:
-            with open(self._file("journal", gen), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        records, valid = read_records(data)
+        snap, records, valid = read_generation(self.path, gen)
         self._open_journal(gen, valid)
         self.records = len(records)
         return snap, records

@@ -9,12 +9,44 @@ the logical size), never from a cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from pbkfs.diff import journal as J
 from pbkfs.diff.blockmap import BlockMap, MapFormatError
 from pbkfs.diff.directory import DiffDir
 from pbkfs.diff.objects import data_path, map_path
 from pbkfs.fs.namespace import Namespace
 from pbkfs.view.source import Source
+
+
+def open_namespace(
+    diff: DiffDir,
+    source: Source,
+    base_time_ns: int,
+    snap: J.Snapshot | None,
+    records: list[J.Record],
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    journal: Callable[[J.Rec], int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Namespace, int]:
+    """The namespace a diff holds, and how many journal records were replayed.
+
+    The snapshot (or, for generation 0, the backup's entries), the journal
+    records replayed on top, sizes settled from the diff files. `uid`/`gid`
+    own what comes from the backup and the root; `journal` receives the
+    records of later changes.
+    """
+    ns = Namespace(uid, gid, base_time_ns, journal=journal)
+    if snap is not None:
+        ns.load_snapshot(snap)
+    else:
+        ns.load_entries(source.entries(), root_mode=0o700)
+    ns.root.uid, ns.root.gid = uid, gid
+    replayed = ns.replay(records, log)
+    settle_objects(ns, diff, source)
+    return ns, replayed
 
 
 def settle_objects(ns: Namespace, diff: DiffDir, source: Source) -> None:

@@ -42,7 +42,7 @@ from pbkfs.diff.sharedmaps import Segment, remove_stale, segment_name
 from pbkfs.errors import PbkfsError, UsageError
 from pbkfs.fs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
 from pbkfs.fs.namespace import Namespace
-from pbkfs.fs.settle import collect_garbage, settle_objects
+from pbkfs.fs.settle import collect_garbage, open_namespace
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
 from pbkfs.mount import controlsocket as control
@@ -125,14 +125,8 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
                         resumable=not opts.no_wal)
     jdir = JournalDir(diff.ns)
     snap, records = jdir.load()
-    ns = Namespace(p.uid, p.gid, binding.base_time_ns, journal=jdir.append)
-    if snap is not None:
-        ns.load_snapshot(snap)
-    else:
-        ns.load_entries(p.source.entries(), root_mode=0o700)
-    ns.root.uid, ns.root.gid = p.uid, p.gid
-    replayed = ns.replay(records, log)
-    settle_objects(ns, diff, p.source)
+    ns, replayed = open_namespace(diff, p.source, binding.base_time_ns, snap, records,
+                                  uid=p.uid, gid=p.gid, journal=jdir.append, log=log)
     removed = collect_garbage(ns, diff)
     fresh = snap is None and not records
     if fresh:

@@ -1,9 +1,10 @@
 """Reading a diff directory's state without changing it: binding, namespace, block maps.
 
 A mount rebuilds its namespace from the newest snapshot plus the journal of
-that generation; this does the same with the mount's own code (journal record
-decoding, `Namespace.replay`, `settle_objects`), but opens nothing for writing
-and never cuts a journal tail, so it is safe on a diff a live mount is using.
+that generation; this does the same with the mount's own code
+(`pbkfs.diff.journal.read_generation`, `pbkfs.fs.settle.open_namespace`), but
+opens nothing for writing and never cuts a journal tail, so it is safe on a
+diff a live mount is using.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import msgspec
-
 from pbkfs.diff import journal as J
 from pbkfs.diff.blockmap import BlockMap, MapFormatError
 from pbkfs.diff.directory import Binding, DiffDir
 from pbkfs.diff.objects import map_path
 from pbkfs.errors import UsageError
 from pbkfs.fs.namespace import Namespace
+from pbkfs.fs.settle import open_namespace
 from pbkfs.view.source import Source, SourceSpec, open_source
 
 log = logging.getLogger("tools.blockmap")
@@ -67,26 +67,15 @@ def read_generation(ns_dir: str) -> tuple[int, J.Snapshot | None, list[J.Record]
     for _attempt in range(5):
         gen = J.JournalDir(ns_dir).latest()  # lists the directory, opens nothing
         try:
-            snap = None
-            if gen:
-                with open(os.path.join(ns_dir, f"snapshot.{gen}"), "rb") as f:
-                    snap = msgspec.msgpack.decode(f.read(), type=J.Snapshot)
-            try:
-                with open(os.path.join(ns_dir, f"journal.{gen}"), "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                data = b""
+            snap, records, _valid = J.read_generation(ns_dir, gen)
         except FileNotFoundError:
             continue
-        records, _valid = J.read_records(data)
         return gen, snap, records
     raise UsageError(f"{ns_dir}: the namespace generation kept changing while it was read")
 
 
 def load_state(diff_path: str, store_override: str | None = None) -> DiffState:
     """Binding, source view and the namespace as the next mount would see it."""
-    from pbkfs.fs.settle import settle_objects
-
     diff = DiffDir(diff_path)
     binding = read_binding(diff)
     spec = binding.source
@@ -95,14 +84,9 @@ def load_state(diff_path: str, store_override: str | None = None) -> DiffState:
                           instance=spec.instance, backup_id=spec.backup_id)
     source = open_source(spec)
     gen, snap, records = read_generation(diff.ns)
-    ns = Namespace(0, 0, binding.base_time_ns, journal=None)
-    if snap is not None:
-        ns.load_snapshot(snap)
-    else:
-        ns.load_entries(source.entries(), root_mode=0o700)
     problems: list[str] = []
-    replayed = ns.replay(records, problems.append)
-    settle_objects(ns, diff, source)
+    ns, replayed = open_namespace(diff, source, binding.base_time_ns, snap, records,
+                                  log=problems.append)
     state = DiffState(diff, binding, source, ns, gen, replayed, problems=problems)
     state.maps = disk_maps(diff, ns)
     return state
