@@ -18,7 +18,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: 
 
 
 class JsonLineFormatter(logging.Formatter):
-    """One JSON object per record: time, level, process, logger, message (+ op/path if given)."""
+    """One JSON object per record: time, level, process, logger, message."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -30,10 +30,6 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("op", "path", "errno", "worker"):
-            value = getattr(record, key, None)
-            if value is not None:
-                out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

@@ -36,7 +36,6 @@ class Worker:
         self.queues: dict[int, deque[P.Request]] = {}
         self.qlock = threading.Lock()
         self.wlock = threading.Lock()
-        self.handled = 0
         self.replies = bytearray()
 
     def send(self, msg: P.Msg) -> None:
@@ -60,7 +59,6 @@ class Worker:
             reply = self.handlers.handle(req)
             with self.qlock:
                 q.popleft()
-            self.handled += 1
             self.send(reply)
 
     def submit(self, req: P.Request) -> None:
@@ -81,7 +79,6 @@ class Worker:
         if inline:
             # Nothing of this inode is queued: answer here, without a thread hand-off;
             # replies of one input chunk leave together (see run).
-            self.handled += 1
             self.replies += P.encode(self.handlers.handle(req))
             return
         self.pool.submit(self._drain, ino)

@@ -405,9 +405,6 @@ class ObjectStore:
         for obj in objs:
             self._close(obj, release_slot=True)
 
-    def slot_of(self, obj: Obj) -> int:
-        return obj.slot
-
     def open_count(self) -> int:
         with self._lock:
             return len(self._objs)

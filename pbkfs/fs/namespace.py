@@ -372,9 +372,6 @@ class Namespace:
         del self.inodes[node.ino]
         return node.fid
 
-    def is_free(self, node: Node) -> bool:
-        return node.freed
-
     # -- name operations ------------------------------------------------------------------
 
     def create(

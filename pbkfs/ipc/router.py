@@ -292,9 +292,6 @@ class Router:
             call.complete(P.Err(req.rid, errno.EIO, str(exc)))
             return call
 
-    async def call(self, ino: int, req: P.Msg) -> P.Reply:
-        return await self.submit(ino, req).wait()
-
     async def shutdown(self, timeout: float = 600.0) -> bool:
         """Ask every worker to finish, sync and exit; wait for them.
 

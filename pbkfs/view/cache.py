@@ -36,7 +36,6 @@ class WeightedLRU(Generic[V]):
         self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
-        self.hits = 0
         self.misses = 0
 
     def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
@@ -44,7 +43,6 @@ class WeightedLRU(Generic[V]):
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
-                self.hits += 1
                 return item
             self.misses += 1
         item = load()  # outside the lock: loading reads and decompresses

@@ -23,7 +23,6 @@ UNKNOWN = "unknown"
 
 # Suffix -> codec. lz4/zst names come from pg_probackup 2.8's tests; no real archive checked.
 COMPRESSIONS = {"": "none", ".gz": "gzip", ".lz4": "lz4", ".zst": "zstd"}
-UNVERIFIED_COMPRESSIONS = ("lz4", "zstd")
 
 _HEX24 = r"[0-9A-F]{24}"
 _COMP = r"(\.gz|\.lz4|\.zst)?"

@@ -188,10 +188,6 @@ class PgConnection:
         if parse_lsn(insert) // segment_size == lsn // segment_size:
             self._one("SELECT pg_catalog.pg_switch_wal()::text")
 
-    def flushed_lsn(self) -> int:
-        (lsn,) = self._one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text")
-        return parse_lsn(lsn)
-
     def database_map(self) -> list[tuple[int, str]]:
         """(oid, name) of every database but the templates, as in database_map."""
         try:

@@ -30,12 +30,6 @@ class WalFile:
     mode: int
 
 
-def segments_between(tli: int, start_lsn: int, stop_lsn: int, seg_size: int) -> list[str]:
-    """Names of the segments holding start_lsn .. stop_lsn on `tli`."""
-    first, last = start_lsn // seg_size, stop_lsn // seg_size
-    return [wal_segment_name(tli, segno * seg_size, seg_size) for segno in range(first, last + 1)]
-
-
 def check_segment(path: Path, segno: int, seg_size: int, system_identifier: int) -> None:
     """CatalogError unless `path` starts with the long page header of segment `segno`."""
     with open(path, "rb") as f:
