@@ -13,20 +13,20 @@ import pytest
 from pbkfs.diff import journal as J
 from pbkfs.diff.journal import JournalDir
 from pbkfs.fs.namespace import RENAME_NOREPLACE, FsError, Namespace
-from pbkfs.view.source import PlainEntry
+from pbkfs.view.entries import ViewEntry
 
 ENTRIES = [
-    PlainEntry("base", "d", 0o700, 0),
-    PlainEntry("base/1", "d", 0o700, 0),
-    PlainEntry("base/1/100", "f", 0o600, 16384, True),
-    PlainEntry("base/1/101", "f", 0o600, 8192, True),
-    PlainEntry("pg_wal", "d", 0o700, 0),
-    PlainEntry("pg_wal/000000010000000000000001", "f", 0o600, 1 << 20),
-    PlainEntry("pg_tblspc", "d", 0o700, 0),
-    PlainEntry("pg_tblspc/16384", "d", 0o700, 0),
-    PlainEntry("pg_tblspc/16384/PG_15", "d", 0o700, 0),
-    PlainEntry("PG_VERSION", "f", 0o600, 3),
-    PlainEntry("link", "l", 0o777, 0, target="base/1"),
+    ViewEntry("base", "d", 0o700, 0),
+    ViewEntry("base/1", "d", 0o700, 0),
+    ViewEntry("base/1/100", "f", 0o600, 16384, True),
+    ViewEntry("base/1/101", "f", 0o600, 8192, True),
+    ViewEntry("pg_wal", "d", 0o700, 0),
+    ViewEntry("pg_wal/000000010000000000000001", "f", 0o600, 1 << 20),
+    ViewEntry("pg_tblspc", "d", 0o700, 0),
+    ViewEntry("pg_tblspc/16384", "d", 0o700, 0),
+    ViewEntry("pg_tblspc/16384/PG_15", "d", 0o700, 0),
+    ViewEntry("PG_VERSION", "f", 0o600, 3),
+    ViewEntry("link", "l", 0o777, 0, target="base/1"),
 ]
 
 

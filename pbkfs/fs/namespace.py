@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pbkfs.diff import journal as J
@@ -242,16 +242,21 @@ class Namespace:
             return k
 
         names.append(("", key_of(self.root)))
+        for path, node in self.walk():
+            names.append((path, key_of(node)))
+        return J.Snapshot(generation, self.next_fid, nodes, names)
+
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """Every name below the root with its node, each directory before its entries."""
         stack: list[tuple[str, Node]] = [("", self.root)]
         while stack:
             path, d = stack.pop()
             assert d.children is not None
             for name, child in d.children.items():
                 cpath = f"{path}/{name}" if path else name
-                names.append((cpath, key_of(child)))
+                yield cpath, child
                 if child.kind == "d":
                     stack.append((cpath, child))
-        return J.Snapshot(generation, self.next_fid, nodes, names)
 
     # -- paths ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import msgspec
 
 from pbkfs.config import CacheConfig
 from pbkfs.errors import UsageError
+from pbkfs.view.entries import ViewEntry
 
 
 class SourceSpec(msgspec.Struct, frozen=True):
@@ -25,17 +26,6 @@ class SourceSpec(msgspec.Struct, frozen=True):
     instance: str = ""
     backup_id: str = ""
     path: str = ""  # kind == "plain": the directory
-
-
-class PlainEntry(msgspec.Struct, frozen=True):
-    """Same fields as pbkfs.view.ViewEntry."""
-
-    path: str
-    kind: str
-    mode: int
-    size: int
-    is_datafile: bool = False
-    target: str = ""
 
 
 class PlainView:
@@ -49,7 +39,7 @@ class PlainView:
         self.root = os.path.abspath(root)
         self.backup_id = "plain"
         self.chain: list[Any] = []
-        self._entries: dict[str, PlainEntry] = {}
+        self._entries: dict[str, ViewEntry] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel
@@ -58,23 +48,23 @@ class PlainView:
                 st = os.lstat(os.path.join(dirpath, name))
                 mode = stat.S_IMODE(st.st_mode)
                 if stat.S_ISDIR(st.st_mode):
-                    e = PlainEntry(path, "d", mode, 0)
+                    e = ViewEntry(path, "d", mode, 0)
                 elif stat.S_ISLNK(st.st_mode):
                     target = os.readlink(os.path.join(dirpath, name))
-                    e = PlainEntry(path, "l", mode, 0, target=target)
+                    e = ViewEntry(path, "l", mode, 0, target=target)
                 elif stat.S_ISREG(st.st_mode):
-                    e = PlainEntry(path, "f", mode, st.st_size)
+                    e = ViewEntry(path, "f", mode, st.st_size)
                 else:
                     continue
                 self._entries[path] = e
 
-    def entries(self) -> Iterator[PlainEntry]:
+    def entries(self) -> Iterator[ViewEntry]:
         for path in sorted(self._entries):
             yield self._entries[path]
 
-    def entry(self, path: str) -> PlainEntry | None:
+    def entry(self, path: str) -> ViewEntry | None:
         if path == "":
-            return PlainEntry("", "d", 0o700, 0)
+            return ViewEntry("", "d", 0o700, 0)
         return self._entries.get(path)
 
     def read(self, path: str, offset: int, length: int) -> bytes:

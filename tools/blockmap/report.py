@@ -152,19 +152,7 @@ def file_report(path: str, node: Node, links: int, state: DiffState, cls: Classi
 
 def walk_files(ns: Namespace) -> list[tuple[str, Node]]:
     """Every regular file name of the tree (each hard link once), sorted by path."""
-    out: list[tuple[str, Node]] = []
-    stack: list[tuple[str, Node]] = [("", ns.root)]
-    while stack:
-        path, d = stack.pop()
-        assert d.children is not None
-        for name, child in d.children.items():
-            cpath = f"{path}/{name}" if path else name
-            if child.kind == "d":
-                stack.append((cpath, child))
-            elif child.kind == "f":
-                out.append((cpath, child))
-    out.sort(key=lambda t: t[0])
-    return out
+    return sorted(((p, n) for p, n in ns.walk() if n.kind == "f"), key=lambda t: t[0])
 
 
 def whiteouts(state: DiffState, names: dict[str, Node]) -> list[Whiteout]:
