@@ -1,8 +1,9 @@
-"""File-system primitives every layer shares: a directory fsync and a full pread.
+"""File-system primitives every layer shares: a directory fsync, full reads and writes.
 
 Used by the WAL archive (delivery), the view (page reads), the diff (objects,
-journal, binding, markers), the mount (cleanup) and tools/mkbackup; so it sits
-at the root, beside errors.py, with no imports of its own.
+journal, binding, markers), the mount (cleanup), the worker process and
+tools/mkbackup; so it sits at the root, beside errors.py, with no imports of
+its own.
 """
 
 from __future__ import annotations
@@ -35,3 +36,19 @@ def pread_exact(fd: int, length: int, offset: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """os.write until every byte is written (one write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """os.pwrite of all of `data` at `offset` (one pwrite may take fewer)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from pbkfs.fsutil import write_all
 from pbkfs.ipc import protocol as P
 from workers.handlers import Handlers
 
@@ -42,11 +43,8 @@ class Worker:
         self.send_raw(P.encode(msg))
 
     def send_raw(self, data: bytes | bytearray) -> None:
-        frame = memoryview(data)
         with self.wlock:
-            while frame:
-                n = os.write(self.wfd, frame)
-                frame = frame[n:]
+            write_all(self.wfd, data)
 
     def _drain(self, ino: int) -> None:
         while True:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from pbkfs.diff.blockmap import BlockMap, MapFormatError, blocks_for
 from pbkfs.diff.sharedmaps import Region
-from pbkfs.fsutil import fsync_dir, pread_exact
+from pbkfs.fsutil import fsync_dir, pread_exact, pwrite_all
 
 
 class BaseReader(Protocol):
@@ -66,14 +66,6 @@ class Obj:
         self.dirty = False
         self.new = False  # its files were created here: their names need a directory fsync
         self.busy = 0  # operations using it now: never closed under them
-
-
-def _pwrite_full(fd: int, data: bytes | memoryview, off: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, off)
-        view = view[n:]
-        off += n
 
 
 class ObjectStore:
@@ -278,7 +270,7 @@ class ObjectStore:
         bm = obj.map
         bs = self.bs
         if bm is None or (off // bs >= bm.horizon):
-            _pwrite_full(obj.fd, data, off)
+            pwrite_all(obj.fd, data, off)
         else:
             view = memoryview(data)
             pos = off
@@ -294,21 +286,21 @@ class ObjectStore:
                     pos = chunk_end
                     continue
                 if direct_start >= 0:
-                    _pwrite_full(obj.fd, view[direct_start - off : pos - off], direct_start)
+                    pwrite_all(obj.fd, view[direct_start - off : pos - off], direct_start)
                     direct_start = -1
                 # First write into a backup block: bring the block in (read-modify-write).
                 if pos == bstart and chunk_end == bend:
-                    _pwrite_full(obj.fd, view[pos - off : chunk_end - off], pos)
+                    pwrite_all(obj.fd, view[pos - off : chunk_end - off], pos)
                 else:
                     assert obj.origin is not None
                     block = bytearray(self._pad(self.base.read(obj.origin, bstart, bs), bs))
                     block[pos - bstart : chunk_end - bstart] = view[pos - off : chunk_end - off]
                     limit = min(bs, max(new_size, chunk_end) - bstart)
-                    _pwrite_full(obj.fd, memoryview(block)[:limit], bstart)
+                    pwrite_all(obj.fd, memoryview(block)[:limit], bstart)
                 bm.mark(b, b)  # after the data: never a bit without its block
                 pos = chunk_end
             if direct_start >= 0:
-                _pwrite_full(obj.fd, view[direct_start - off : end - off], direct_start)
+                pwrite_all(obj.fd, view[direct_start - off : end - off], direct_start)
         obj.size = new_size
         obj.dirty = True
         return obj
@@ -328,7 +320,7 @@ class ObjectStore:
                 if size % bs and not bm.has(k):
                     assert obj.origin is not None
                     block = self._pad(self.base.read(obj.origin, k * bs, bs), bs)
-                    _pwrite_full(obj.fd, block[: min(bs, obj.size - k * bs)], k * bs)
+                    pwrite_all(obj.fd, block[: min(bs, obj.size - k * bs)], k * bs)
                     bm.mark(k, k)
                     os.fdatasync(obj.fd)
                     bm.sync()

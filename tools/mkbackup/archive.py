@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pbkfs.catalog.pgcontrol import read_pg_control
 from pbkfs.errors import CatalogError, PbkfsError, UsageError
-from pbkfs.fsutil import fsync_dir
+from pbkfs.fsutil import fsync_dir, write_all
 from tools.mkbackup.instance import DIR_MODE, load_instance
 
 WAL_ALGORITHMS = ("none", "zlib")
@@ -191,15 +191,9 @@ def _copy_into(fd: int, source: Path, gz: GzipWriter | None) -> None:
                     from None
             if not chunk:
                 break
-            _write_all(fd, gz.feed(chunk) if gz is not None else chunk)
+            write_all(fd, gz.feed(chunk) if gz is not None else chunk)
     if gz is not None:
-        _write_all(fd, gz.finish())
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+        write_all(fd, gz.finish())
 
 
 def push_file(source: Path, name: str, dest_dir: Path, opts: PushOptions,

@@ -20,6 +20,7 @@ from pathlib import Path
 from pbkfs.catalog.ids import encode_id
 from pbkfs.catalog.lsn import format_lsn
 from pbkfs.errors import ParseError
+from pbkfs.fsutil import write_all
 
 S_IFDIR = 0o040000
 S_IFREG = 0o100000
@@ -181,7 +182,7 @@ def write_file(path: Path, data: bytes | str, mode: int = 0o600, sync: bool = Tr
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
-            _write_all(fd, raw)
+            write_all(fd, raw)
             if sync:
                 os.fsync(fd)
         finally:
@@ -193,19 +194,12 @@ def write_file(path: Path, data: bytes | str, mode: int = 0o600, sync: bool = Tr
         tmp.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY)
         try:
-            _write_all(fd, raw)
+            write_all(fd, raw)
             os.ftruncate(fd, len(raw))
             if sync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _write_all(fd: int, raw: bytes) -> None:
-    view = memoryview(raw)
-    while view:
-        done = os.write(fd, view)
-        view = view[done:]
 
 
 # -- reading back (parent backups, instance settings) -------------------------

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 from pbkfs.codecs.crc import crc32c
+from pbkfs.fsutil import write_all
 
 
 def pack_region(raw_headers: bytes) -> tuple[bytes, int]:
@@ -33,9 +34,7 @@ class HeaderMapWriter:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         off = self.offset
-        view = memoryview(region)
-        while view:
-            view = view[os.write(self._fd, view):]
+        write_all(self._fd, region)
         self.offset += len(region)
         return off
 

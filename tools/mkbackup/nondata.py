@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pbkfs.catalog.pgcontrol import parse_pg_control
 from pbkfs.codecs.crc import crc32c
+from pbkfs.fsutil import write_all
 
 COPY_CHUNK = 1 << 20
 RELMAPPER_FILENAME = "pg_filenode.map"
@@ -56,9 +57,7 @@ def copy_file(
                 if fd_out is None:
                     fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 crc = crc32c(chunk, crc)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd_out, view):]
+                write_all(fd_out, chunk)
                 total += len(chunk)
                 if advance:
                     advance(len(chunk))
@@ -111,9 +110,7 @@ def backup_pg_control(src: str, dst: str, sync: bool = True) -> NonDataResult:
     control = parse_pg_control(raw, src)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, raw)
         if sync:
             os.fsync(fd)
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CorruptionError
-from pbkfs.fsutil import pread_exact
+from pbkfs.fsutil import pread_exact, write_all
 from tools.mkbackup.pages import PageState, inspect_page, make_compressor
 
 RECORD_HEADER = struct.Struct("<Ii")  # BackupPageHeader: block, compressed_size
@@ -83,9 +83,7 @@ class _Writer:
         self.crc = crc32c(data, self.crc)
         if self.fd is None:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        write_all(self.fd, data)
 
     def close(self, sync: bool) -> None:
         self.flush()
