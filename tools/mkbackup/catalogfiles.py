@@ -170,6 +170,17 @@ def render_instance_conf(pgdata: str, system_identifier: int, xlog_seg_size: int
     )
 
 
+def write_new(path: str | Path, raw: bytes, mode: int = 0o600, sync: bool = True) -> None:
+    """Create (or truncate) `path` with content `raw`; fsynced when `sync`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        write_all(fd, raw)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_file(path: Path, data: bytes | str, mode: int = 0o600, sync: bool = True) -> None:
     """Write `path` atomically (temp file + rename), like pg_probackup's control files.
 
@@ -180,13 +191,7 @@ def write_file(path: Path, data: bytes | str, mode: int = 0o600, sync: bool = Tr
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            write_all(fd, raw)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new(tmp, raw, mode, sync)
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno != errno.ENOSPC or not path.exists():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pbkfs.catalog.pgcontrol import parse_pg_control
 from pbkfs.codecs.crc import crc32c
 from pbkfs.fsutil import write_all
+from tools.mkbackup.catalogfiles import write_new
 
 COPY_CHUNK = 1 << 20
 RELMAPPER_FILENAME = "pg_filenode.map"
@@ -108,11 +109,5 @@ def backup_pg_control(src: str, dst: str, sync: bool = True) -> NonDataResult:
     with open(src, "rb") as f:
         raw = f.read()
     control = parse_pg_control(raw, src)
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, raw)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new(dst, raw, sync=sync)
     return NonDataResult(write_size=len(raw), crc=control.crc, full_size=len(raw))
