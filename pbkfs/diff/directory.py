@@ -24,7 +24,7 @@ import msgspec
 
 from pbkfs.diff.durability import not_resumable_error
 from pbkfs.errors import UsageError
-from pbkfs.fsutil import fsync_dir
+from pbkfs.fsutil import fsync_dir, write_all
 from pbkfs.view.source import SourceSpec
 
 FORMAT = 1
@@ -72,7 +72,7 @@ def write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
