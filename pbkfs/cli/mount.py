@@ -150,8 +150,9 @@ def mount(
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for the mount process to persist and exit.")
 @click.option("--force", is_flag=True,
-              help="When busy, stop the mount process hard and detach lazily (fsynced data is "
-              "kept; the next mount of the diff recovers it).")
+              help="When busy, hung or already detached, kill the mount's own processes "
+              "(frontend and workers) and detach lazily (fsynced data is kept; the next mount "
+              "of the diff recovers it).")
 @reports_errors
 def unmount(mountpoint: str, timeout: float, force: bool) -> None:
     """Flush and persist everything, unmount, release the diff directory.
@@ -160,5 +161,6 @@ def unmount(mountpoint: str, timeout: float, force: bool) -> None:
     clears a broken mount ("Transport endpoint is not connected")."""
     from pbkfs.mount import daemon
 
-    daemon.unmount(mountpoint, timeout=timeout, force=force)
+    for line in daemon.unmount(mountpoint, timeout=timeout, force=force):
+        click.echo(line)
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")

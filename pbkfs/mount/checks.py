@@ -13,6 +13,7 @@ import stat
 
 from pbkfs.errors import CorruptionError, UsageError
 from pbkfs.mount.mountinfo import is_mounted
+from pbkfs.mount.runtime import live_record
 from pbkfs.view.source import Source
 
 
@@ -42,6 +43,10 @@ def check_mountpoint(mnt: str) -> None:
         raise UsageError(f"mount point {mnt} is not a directory")
     if is_mounted(mnt):
         raise UsageError(f"mount point {mnt} is already a mount point")
+    rec = live_record(mnt)
+    if rec is not None:  # detached lazily, its process still serving: keep it findable
+        raise UsageError(f"mount point {mnt} was detached, but its mount process {rec.pid} "
+                         f"still runs; stop it first (pbkfs unmount -D {mnt} --force)")
     if os.listdir(mnt):
         raise UsageError(f"mount point {mnt} is not empty")
 

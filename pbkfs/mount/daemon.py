@@ -5,15 +5,15 @@ the frontend answers "OK" once the mount answers, or "ERR <reason>". The
 launcher then checks that the mount point really is a pbkfs mount before it
 returns 0. Unmounting asks the kernel to unmount (refused while files are
 open, e.g. PostgreSQL still running) and then waits until the mount process
-has flushed everything and exited.
+has flushed everything and exited; --force kills the mount's own processes
+instead when it is busy, hung or already detached (pbkfs.mount.forcestop).
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -21,10 +21,11 @@ import time
 import msgspec
 
 from pbkfs.errors import PbkfsError, UsageError
+from pbkfs.mount.forcestop import processes_of, stop_hard
 from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.options import MountOptions
-from pbkfs.mount.runtime import read_record
-from pbkfs.proc import pid_alive
+from pbkfs.mount.runtime import frontend_alive, read_record, sweep_stale
+from pbkfs.proc import proc_stat
 
 
 class MountError(PbkfsError):
@@ -116,21 +117,31 @@ def holders(mnt: str) -> list[str]:
     return found
 
 
-def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> None:
+def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> list[str]:
     """Unmount and wait until the mount process has persisted everything and exited.
 
     A busy mount (files open, e.g. PostgreSQL running) is refused naming the processes;
-    `force` then stops the mount process hard and detaches lazily: what was fsynced is in
-    the diff, and the next mount of the diff recovers it."""
+    `force` then stops the mount's own processes hard (pbkfs.mount.forcestop) and detaches
+    lazily: what was fsynced is in the diff, and the next mount of the diff recovers it.
+    A mount the kernel no longer lists (detached lazily) whose process lives on is found
+    by its runtime record. Returns what was done besides a clean unmount, one line each."""
     mnt = os.path.abspath(mountpoint)
     rec = read_record(mnt)
-    try:
-        os.stat(mnt)
-        broken = False
-    except OSError as exc:
-        broken = exc.errno == 107  # ENOTCONN: the mount process is gone
-    if not broken and not is_mounted(mnt):
-        raise UsageError(f"{mnt} is not mounted")
+    live = rec is not None and frontend_alive(rec)
+    sweep_stale()  # the runtime state of dead mounts (this one's too if its process is gone)
+    if not is_mounted(mnt):
+        if rec is None or not processes_of(rec):
+            raise UsageError(f"{mnt} is not mounted")
+        if not force:
+            raise UsageError(f"{mnt} is no longer mounted (detached), but its mount process "
+                             f"{rec.pid} still runs for files open there; --force stops it")
+        return stop_hard(rec)
+    broken = False
+    if not live:  # never stat the mount of a live process: it may hang
+        try:
+            os.stat(mnt)
+        except OSError as exc:
+            broken = exc.errno == errno.ENOTCONN  # the mount process is gone
     res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if res.returncode != 0:
         err = res.stderr.strip()
@@ -139,19 +150,27 @@ def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> Non
                 who = ", ".join(holders(mnt)) or "unknown processes"
                 raise UsageError(f"{mnt} is busy: files are open there by {who} (stop "
                                  "PostgreSQL first, or use --force to stop the mount hard)")
-            if rec is not None:
-                for pid in (rec.pid, *rec.workers):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            if rec is not None and processes_of(rec):
+                return stop_hard(rec)
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True, text=True)
-            return
+            return [f"detached {mnt} lazily (no mount process of it runs)"]
         if not broken:
             raise UsageError(f"unmounting {mnt} failed: {err}")
-    if rec is None:
-        return
+    if rec is None or not live:
+        return []
     deadline = time.monotonic() + timeout
-    while pid_alive(rec.pid):
+    while frontend_alive(rec):
         _reap(rec.pid, 0)
+        st = proc_stat(rec.pid)
+        if st is not None and st.state in ("T", "t"):  # stopped: it cannot finish
+            if force:
+                return [f"mount process {rec.pid} is stopped"] + stop_hard(rec)
+            raise UsageError(f"{mnt} is unmounted, but its mount process {rec.pid} is stopped "
+                             "and cannot finish: continue it (kill -CONT), or use --force")
         if time.monotonic() > deadline:
+            if force:
+                return [f"mount process {rec.pid} did not finish within {timeout:.0f} s"
+                        ] + stop_hard(rec)
             raise UsageError(f"mount process {rec.pid} did not finish within {timeout:.0f} s")
         time.sleep(0.05)
+    return []
