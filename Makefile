@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint typecheck pytest demo clean
+.PHONY: setup test test-fast lint typecheck pytest demo clean
 
 setup:
 	@bash tools/setup.sh
@@ -12,15 +12,20 @@ lint: setup
 	$(BIN)/ruff check pbkfs workers tools tests
 
 typecheck: setup
-	$(BIN)/mypy pbkfs workers tools
+	$(BIN)/mypy pbkfs workers tools tests
 
 pytest: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup
 	$(BIN)/ruff check pbkfs workers tools tests
-	$(BIN)/mypy pbkfs workers tools
+	$(BIN)/mypy pbkfs workers tools tests
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The layers without FUSE and PostgreSQL (tests/unit, tests/core), minus the `slow` reads of
+# the 3 GB pg15-bigrel set: a quick check while editing. `make test` runs everything.
+test-fast: setup
+	$(BIN)/pytest tests/unit tests/core -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/python -m tools.demo

@@ -1,43 +1,42 @@
-"""Session-wide fixtures: the real catalogs, unpacked once into a cache directory."""
+"""The test suite, in layers; each directory needs more of the machine than the one before.
+
+* tests/unit/: pure logic, no processes (no FUSE, no PostgreSQL, no workers);
+* tests/core/: the FUSE-free core with real processes (Vfs + Router + workers, CLI runs
+  that don't mount);
+* tests/mount/: real FUSE mounts; every test there is marked `mount`;
+* tests/postgres/: a real PostgreSQL 15 (on a mount or not); marked `postgres`, and
+  `mount` too where it mounts;
+* tests/support/: every shared helper and fixture (tests/support/fixtures.py).
+
+`make test-fast` runs the first two. A test marked `mount` or `postgres` whose facility is
+missing is skipped locally and fails in CI (CI=true).
+"""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = (REPO / ".." / "shared" / "fixtures").resolve()
-CACHE_DIR = Path(os.environ.get("PBKFS_FIXTURE_CACHE", REPO / ".cache" / "fixtures"))
+pytest_plugins = ["tests.support.fixtures"]
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "core", "mount", "postgres")
+NEEDS = ("mount", "postgres")  # markers of facilities the unit and core layers never use
 
 
-def in_ci() -> bool:
-    """CI must fail, not skip, when a required facility is missing."""
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip locally but fail in CI when `what` is unavailable."""
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"required for this test but missing: {what}")
-    pytest.skip(f"missing: {what}")
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    """Directory holding the unpacked real fixture sets (pg15, pg15-bigrel, pg15-archive)."""
-    unpack = SHARED_FIXTURES / "unpack"
-    require(unpack.exists(), f"fixture sets at {SHARED_FIXTURES}")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    # one unpacker at a time: parallel test workers share the cache directory
-    with open(CACHE_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([sys.executable, str(unpack), str(CACHE_DIR)], check=True,
-                       capture_output=True)
-    return CACHE_DIR
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test lives in a layer, and the unit and core layers need no facility."""
+    wrong = []
+    for item in items:
+        rel = item.path.resolve().relative_to(TESTS)
+        if len(rel.parts) < 2 or rel.parts[0] not in LAYERS:
+            wrong.append(f"{item.nodeid}: not in a layer directory ({', '.join(LAYERS)})")
+        elif rel.parts[0] in ("unit", "core"):
+            marks = [m for m in NEEDS if item.get_closest_marker(m) is not None]
+            if marks:
+                wrong.append(f"{item.nodeid}: marked {', '.join(marks)} but in "
+                             f"tests/{rel.parts[0]}/ (move it to tests/{marks[-1]}/)")
+    if wrong:
+        raise pytest.UsageError("tests out of their layer:\n" + "\n".join(wrong))

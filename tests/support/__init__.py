@@ -1,1 +1,2 @@
-"""Helpers shared by several test modules (real PostgreSQL clusters, ...)."""
+"""Every helper and fixture shared by test modules: env (paths, require), fixtures (registered
+by tests/conftest.py), mounting, postgres, pitr, trees, wal, catalog_edit, expected, ..."""

@@ -20,7 +20,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import REPO, require
+from tests.support.env import REPO, require
 from tests.support.postgres import PG_USER, pg_workdir
 
 

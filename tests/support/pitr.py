@@ -20,7 +20,6 @@ that the catalog was not written.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -51,6 +50,7 @@ from tests.support.postgres import (
     running_cluster,
     table_fingerprint,
 )
+from tests.support.trees import tree_state
 from tools.mkbackup.backup import BackupOptions, run_backup
 from tools.mkbackup.instance import add_instance, init_catalog
 
@@ -77,17 +77,7 @@ STEP_SQL = (
 )
 
 
-# -- server-side helpers (also used by tests/test_recovery_e2e.py) -------------------------
-
-def tree_state(root: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every file under root: proves nothing was written."""
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            out.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
+# -- server-side helpers (also used by tests/postgres/test_recovery_e2e.py) ----------------
 
 def _psql_value(pg: PgCluster, sql: str) -> tuple[int, str]:
     proc = pg.run([PG_BIN / "psql", "-X", "-At", "-h", pg.sockdir, "-p", str(pg.port),

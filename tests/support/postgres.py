@@ -52,7 +52,7 @@ def postgres_available() -> bool:
 
 def require_postgres() -> None:
     """Skip locally, fail in CI, when PostgreSQL 15 is missing."""
-    from tests.conftest import require
+    from tests.support.env import require
 
     require(postgres_available(), f"PostgreSQL 15 binaries in {PG_BIN} and OS user {PG_USER}")
 
