@@ -1,10 +1,16 @@
 """The worker process: frames in on stdin, replies out on stdout.
 
-The main thread reads and decodes frames and appends each request to the
-FIFO of its inode; a pool of threads drains those FIFOs, at most one thread
-per inode at a time, so requests of one inode run strictly in arrival order
-while other inodes proceed (an fsync of one file does not stall reads of
-another). File I/O releases the GIL, so the threads overlap where it matters.
+The main thread reads a chunk of frames and handles each request right there
+("inline"), appending its reply to a buffer that is written once the chunk is
+done. Only an fsync that has to wait for the disk goes to a thread of the
+pool, so a slow fsync of one file does not stall requests for others. Once an
+inode has a request in the pool, its later requests queue behind it in that
+inode's FIFO and the same thread runs them in arrival order.
+
+Replies for one inode leave in the order its requests arrived: the buffered
+inline replies are written before a request is handed to the pool, and a pool
+thread writes its reply before it lets go of the inode's FIFO
+(docs/CONTRACT.md, "worker replies").
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ class Worker:
             else:
                 inline = False
                 self.queues[ino] = deque([req])
+        if not inline:
+            # Replies already decided (this inode's among them) leave before the thread's.
+            self._flush_replies()
         if inline:
             # Nothing of this inode is queued: answer here, without a thread hand-off;
             # replies of one input chunk leave together (see run).

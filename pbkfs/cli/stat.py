@@ -39,9 +39,10 @@ def stat(mountpoint: str, fmt: str, reset: bool) -> None:
 def fetch(mountpoint: str, *, reset: bool = False) -> dict[str, Any]:
     """Ask the mount's control socket (found through its runtime record)."""
     from pbkfs.mount.controlsocket import query
-    from pbkfs.mount.runtime import read_record
+    from pbkfs.mount.runtime import read_record, sweep_stale
 
     mnt = os.path.abspath(mountpoint)
+    sweep_stale()  # records of dead mounts go (this one's too: then it is not running)
     rec = read_record(mnt)
     if rec is None or not rec.control:
         raise UsageError(f"{mnt} is not a running pbkfs mount (no runtime record)")
@@ -66,7 +67,7 @@ def to_text(f: dict[str, Any]) -> str:
     lines.append(f"reads   {reads.get('bytes', 0)} bytes; hot path {reads.get('frontend', 0)}, "
                  f"worker round trips {reads.get('worker', 0)}")
     lines.append(f"writes  {writes.get('count', 0)} ({writes.get('bytes', 0)} bytes), "
-                 f"queued {writes.get('queued_bytes', 0)} bytes")
+                 f"objects awaiting removal {f.get('removals_waiting', 0)}")
     lines.append(f"fsyncs  {f.get('fsyncs', 0)} (deferred {f.get('deferred_fsyncs', 0)})  "
                  f"journal syncs {f.get('journal_syncs', 0)}")
     lines.append(f"inodes  {f.get('inodes', 0)}  open files {f.get('open_files', 0)}  "
@@ -140,8 +141,9 @@ def to_prometheus(f: dict[str, Any]) -> str:
     e.family("writes_total", "counter", "Write requests.", [("", {}, writes.get("count", 0))])
     e.family("write_bytes_total", "counter", "Bytes written through the mount.",
              [("", {}, writes.get("bytes", 0))])
-    e.family("queued_write_bytes", "gauge", "Written bytes not yet handed to a worker.",
-             [("", {}, writes.get("queued_bytes", 0))])
+    e.family("removals_waiting", "gauge",
+             "Diff objects whose removal waits for a durable journal record.",
+             [("", {}, f.get("removals_waiting", 0))])
     e.family("fsyncs_total", "counter", "fsync requests.", [("", {}, f.get("fsyncs", 0))])
     e.family("deferred_fsyncs_total", "counter", "fsyncs only recorded (--perf-unsafe).",
              [("", {}, f.get("deferred_fsyncs", 0))])

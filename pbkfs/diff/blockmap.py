@@ -12,8 +12,11 @@ zero page look alike). Layout of `<fid>.map`:
 * bytes 1024..4095: the backup path the object's base content comes from
   (length, CRC32C, UTF-8), written once at creation; kept for offline tools.
 * from 4096: the bitmap, bit b of byte b//8 (LSB first) set when block b is in
-  the diff file. Bits change one byte at a time (a byte write cannot tear) and
-  only after the block's data has been written to the diff file.
+  the diff file. A bit is set in memory once the block's data is written to
+  the diff file, and reaches the map file only at `sync`, which the owner
+  calls after the data file's own fdatasync: the host file system writes back
+  in any order, so a bit written earlier could become durable before its data
+  and a power loss would leave a hole (zeros) in place of the backup's block.
 
 The *horizon* is the first block that never comes from the backup again: a
 truncation lowers it (and it never rises), so blocks at or past it read from
@@ -90,6 +93,7 @@ class BlockMap:
         self.seq = seq
         self.bits = bits
         self.dirty = False
+        self._pending: tuple[int, int] | None = None  # bitmap bytes [lo, hi) not yet written
         self.on_change: object = None  # set by the owner: callable(byte_index, span) mirror
 
     # -- creation / loading ---------------------------------------------------
@@ -185,7 +189,9 @@ class BlockMap:
                 changed = True
         if not changed:
             return
-        os.pwrite(self.fd, bytes(self.bits[lo : hi + 1]), HEADER_SIZE + lo)
+        # Kept in memory (and mirrored to shared memory) until `sync`: see the module notes.
+        p = self._pending
+        self._pending = (lo, hi + 1) if p is None else (min(p[0], lo), max(p[1], hi + 1))
         self.dirty = True
         if callable(self.on_change):
             self.on_change(lo, hi + 1)
@@ -217,10 +223,24 @@ class BlockMap:
             self.set_horizon(h)
 
     def sync(self) -> None:
-        """Make the map durable (called after the data file's own fdatasync)."""
-        if self.dirty:
-            os.fdatasync(self.fd)
-            self.dirty = False
+        """Make the map durable. Call only after the data file's own fdatasync."""
+        if not self.dirty:
+            return
+        p = self._pending
+        if p is not None:
+            lo, hi = p
+            view = memoryview(self.bits)[lo:hi]
+            off = HEADER_SIZE + lo
+            while view:
+                n = os.pwrite(self.fd, view, off)
+                view, off = view[n:], off + n
+            self._pending = None
+        os.fdatasync(self.fd)
+        self.dirty = False
+
+    def unsynced_bits(self) -> bool:
+        """Are there bits only in memory (lost if this process dies before `sync`)?"""
+        return self._pending is not None
 
     def close(self) -> None:
         if self.fd >= 0:

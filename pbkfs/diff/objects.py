@@ -10,14 +10,19 @@ mount have no map: every byte is in the data file.
 Only the worker that owns an object's inode touches it, one request at a time
 per inode; this module holds no locks for object content, only for its table.
 
-Crash rules, in the order the code follows them:
+Crash rules, in the order the code follows them (docs/CONTRACT.md, "diff on disk"):
 
-* data reaches the data file before its bit is set in the map;
+* data reaches the data file before its bit is set in the map, and a bit
+  reaches the map file only after the data file's fdatasync (`fsync`: data
+  file first, then the map): a power loss can lose a write, never turn a
+  backup block into zeros;
 * a truncation that cuts into backup data first brings the partially kept
-  block into the diff (and makes it durable), then shortens the data file,
-  then lowers the horizon; on load the horizon is clamped to the data file's
-  length, so a crash between the last two steps is repaired;
-* `fsync`: data file first, then the map.
+  block into the diff (and makes it durable), then shortens the data file and
+  makes that durable, then lowers the horizon; on load the horizon is clamped
+  to the data file's length, so a crash between the steps is repaired;
+* an fsync that fails once fails for good on that object (the host may have
+  dropped the pages it could not write: a later fsync would report success
+  over lost data).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def map_path(objects: str, fid: int) -> str:
 class Obj:
     """One open object."""
 
-    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty", "new", "busy")
+    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty", "new", "busy", "failed")
 
     def __init__(self, fid: int, origin: str | None, fd: int, size: int, bm: BlockMap | None):
         self.fid = fid
@@ -66,6 +71,7 @@ class Obj:
         self.dirty = False
         self.new = False  # its files were created here: their names need a directory fsync
         self.busy = 0  # operations using it now: never closed under them
+        self.failed = 0  # errno of a failed fdatasync: every later fsync reports it
 
 
 class ObjectStore:
@@ -149,18 +155,19 @@ class ObjectStore:
                 self.log(f"object {fid}: {exc}; starting again from the backup")
                 bm = None
             if bm is None:
-                # Map first, then the data file: a data file never exists without its map.
+                # The data file at the backup's length, durable, before the map exists: a
+                # map over a data file whose length was lost would cut the file short
+                # (the horizon follows the data file's length on load). A data file
+                # without a map is garbage on the next mount.
                 base_size = self.base.base_size(origin)
+                fd = self._create_data(dpath, base_size, os.O_TRUNC)
                 bm = BlockMap.create(mpath, origin, base_size, self.bs)
-                fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                os.ftruncate(fd, base_size)
                 created = True
             else:
                 try:
                     fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                    os.ftruncate(fd, bm.base_size)
+                    fd = self._create_data(dpath, bm.base_size, 0)
                     created = True
         else:
             try:
@@ -172,9 +179,24 @@ class ObjectStore:
         obj = Obj(fid, origin, fd, size, bm)
         obj.new = created
         if bm is not None:
+            if blocks_for(size, self.bs) < bm.horizon:
+                # A truncate whose horizon never reached the map (a crash between the
+                # two): the length it left must be durable before the horizon follows it.
+                os.fdatasync(fd)
             bm.clamp(size)
             self._publish(obj)
         return obj
+
+    @staticmethod
+    def _create_data(dpath: str, size: int, flags: int) -> int:
+        fd = os.open(dpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _publish(self, obj: Obj) -> None:
         bm = obj.map
@@ -313,62 +335,99 @@ class ObjectStore:
     def _truncate(self, obj: Obj, size: int) -> Obj:
         bm = obj.map
         bs = self.bs
-        if size < obj.size and bm is not None:
+        if size < obj.size and bm is not None and size // bs < bm.horizon:
+            # The cut lands in blocks that may still come from the backup: the kept head
+            # of the last block must be in the diff, or an extend would bring back the
+            # backup's bytes past the cut.
+            k = size // bs
+            if size % bs and not bm.has(k):
+                assert obj.origin is not None
+                block = self._pad(self.base.read(obj.origin, k * bs, bs), bs)
+                pwrite_all(obj.fd, block[: size - k * bs], k * bs)
+                bm.mark(k, k)
+            os.ftruncate(obj.fd, size)
+            obj.size = size
             new_h = blocks_for(size, bs)
             if new_h < bm.horizon:
-                k = size // bs
-                if size % bs and not bm.has(k):
-                    assert obj.origin is not None
-                    block = self._pad(self.base.read(obj.origin, k * bs, bs), bs)
-                    pwrite_all(obj.fd, block[: min(bs, obj.size - k * bs)], k * bs)
-                    bm.mark(k, k)
-                    os.fdatasync(obj.fd)
-                    bm.sync()
-                os.ftruncate(obj.fd, size)
-                obj.size = size
-                obj.dirty = True
+                # The new length must be durable before the lower horizon is: a horizon
+                # over a data file still long would read its holes as zeros.
+                self._datasync(obj)
+                self._sync_names(obj)
+                bm.sync()  # the kept block's bit, with its data already durable
                 bm.set_horizon(new_h)
                 bm.sync()
-                return obj
+            obj.dirty = True
+            return obj
         os.ftruncate(obj.fd, size)
         obj.size = size
         obj.dirty = True
         return obj
 
+    def _datasync(self, obj: Obj) -> None:
+        if obj.failed:
+            raise OSError(obj.failed, f"an earlier fsync of object {obj.fid} failed")
+        try:
+            os.fdatasync(obj.fd)
+        except OSError as exc:
+            obj.failed = exc.errno or errno.EIO
+            raise
+
     def fsync(self, fid: int, datasync: bool) -> Obj | None:
         with self._lock:
             obj = self._objs.get(fid)
-            if obj is None:
-                return None  # not open here: nothing written since it was last made durable
-            obj.busy += 1
+            if obj is not None:
+                obj.busy += 1
+        if obj is None:
+            # Not open in this process (closed to save descriptors, or written by a worker
+            # that died since): its files may still hold unsynced pages in the host's cache.
+            self._sync_closed(fid)
+            return None
         try:
             return self._fsync(obj, datasync)
         finally:
             self._put(obj)
 
+    def _sync_closed(self, fid: int) -> None:
+        for path in (data_path(self.dir, fid), map_path(self.dir, fid)):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(self.dir)
+
     def _fsync(self, obj: Obj, datasync: bool) -> Obj:
+        if obj.failed:
+            raise OSError(obj.failed, f"an earlier fsync of object {obj.fid} failed")
         if obj.dirty:
             obj.dirty = False
             try:
                 (os.fdatasync if datasync else os.fsync)(obj.fd)
-            except OSError:
+            except OSError as exc:
                 obj.dirty = True
+                obj.failed = exc.errno or errno.EIO
                 raise
+        self._sync_names(obj)
         if obj.map is not None:
-            obj.map.sync()
+            obj.map.sync()  # after the data: a durable bit always has durable data
+        return obj
+
+    def _sync_names(self, obj: Obj) -> None:
+        """The first sync of a new object makes its names in objects/ durable, before any
+        bit of its map is: a durable bit over a data file whose name was lost would read
+        as zeros."""
         if obj.new:
-            # The first fsync of a new object also makes its names in objects/ durable.
             fsync_dir(self.dir)
             obj.new = False
-        return obj
 
     def needs_sync(self, fid: int) -> bool:
         """Would fsync of `fid` wait for the disk (anything written since the last one)?"""
         with self._lock:
             obj = self._objs.get(fid)
-        return obj is not None and (
-            obj.dirty or obj.new or (obj.map is not None and obj.map.dirty)
-        )
+        return obj is None or obj.dirty or obj.new or (obj.map is not None and obj.map.dirty)
 
     def remove(self, fid: int) -> None:
         with self._lock:

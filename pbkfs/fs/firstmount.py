@@ -15,6 +15,7 @@ import os
 from pbkfs.diff.directory import DiffDir
 from pbkfs.diff.objects import ObjectStore
 from pbkfs.fs.namespace import Namespace, Node
+from pbkfs.fsutil import fsync_dir
 from pbkfs.recovery.mountplan import MountRecovery, save_options
 from pbkfs.view.source import Source
 
@@ -31,6 +32,7 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
     except Exception:
         node = None
     os.makedirs(wal, mode=0o700, exist_ok=True)
+    copied_dirs = [wal]
     if node is not None and node.kind == "d":
         stack: list[tuple[str, Node]] = [("pg_wal", node)]
         while stack:
@@ -41,6 +43,7 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
                 dst = os.path.join(wal, cpath[len("pg_wal/") :])
                 if child.kind == "d":
                     os.makedirs(dst, mode=child.mode, exist_ok=True)
+                    copied_dirs.append(dst)
                     stack.append((cpath, child))
                 elif child.kind == "f" and child.origin is not None:
                     with open(dst, "wb") as f:
@@ -64,6 +67,11 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
     os.chown(diff.path, uid, gid)
     os.chown(wal, uid, gid)
     os.chmod(wal, 0o700)
+    # The copy is the diff's WAL from now on: its names must be as durable as its bytes
+    # before the snapshot that drops pg_wal from the tree is written.
+    for copied in reversed(copied_dirs):
+        fsync_dir(copied)
+    fsync_dir(os.path.dirname(os.path.abspath(wal)))
     ns.replaying = True
     try:
         link = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=wal)

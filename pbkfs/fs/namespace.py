@@ -23,7 +23,10 @@ from typing import Any
 from pbkfs.diff import journal as J
 
 ROOT_INO = 1
-KIND_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}
+# file, directory, symlink, FIFO, socket (a FIFO or socket is a name and a mode: no content)
+KIND_BITS = {
+    "f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK,
+}
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -38,7 +41,7 @@ class FsError(Exception):
 
 
 class Node:
-    """One inode: a file, directory or symlink."""
+    """One inode: a file, directory, symlink, FIFO or socket."""
 
     __slots__ = (
         "ino",
@@ -64,7 +67,9 @@ class Node:
         "slot",
         "jpos",
         "freed",
-        "error",
+        "err_no",
+        "err_seq",
+        "unsynced",
     )
 
     def __init__(self, ino: int, kind: str, mode: int, uid: int, gid: int, t_ns: int) -> None:
@@ -91,7 +96,9 @@ class Node:
         self.slot = -1
         self.jpos = 0  # journal position of the last record this node's durability needs
         self.freed = False
-        self.error = 0  # errno of a failed write-behind, reported by the next fsync
+        self.err_no = 0  # errno of the newest failed write/fsync of this file
+        self.err_seq = 0  # how many failures so far: each open handle reports each once
+        self.unsynced = False  # written since its last fsync (lost if its worker dies)
 
     @property
     def st_mode(self) -> int:
@@ -185,7 +192,7 @@ class Namespace:
                 node.size = e.size
             elif e.kind == "l":
                 node.target = e.target
-                node.size = len(e.target.encode())
+                node.size = len(e.target.encode("utf-8", "surrogateescape"))
             else:
                 dirs[e.path] = node
             self._attach(parent, name, node)

@@ -9,8 +9,16 @@ diff (checked in the worker's shared-memory block map), read with one `pread`
 of the diff file, when no write, truncate or fsync of that inode is in flight
 (so a read never overtakes a write of its inode).
 
+A WRITE is answered once its worker has written it to the diff file: the
+kernel's writeback cache already is the write-behind, and an error goes back
+on the WRITE itself, so the kernel records it for every descriptor as it does
+for a local file system. Failures are also kept per inode as a sequence
+number; each open handle reports each failure once, at its next fsync or
+flush (errseq, as Linux does).
+
 Sizes are decided here, in request order, before the request goes to the
 worker: an answer about size always reflects every write already accepted.
+The rules this module keeps are in docs/CONTRACT.md.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ from pbkfs.ipc.router import Router
 
 
 class Handle:
-    __slots__ = ("node", "flags")
+    """An open file: its node, its flags, and the newest failure it has reported."""
+
+    __slots__ = ("node", "flags", "err_seen")
 
     def __init__(self, node: Node, flags: int) -> None:
         self.node = node
         self.flags = flags
+        self.err_seen = node.err_seq  # failures before the open are not this handle's
 
 
 class Stats:
@@ -81,10 +92,11 @@ class Vfs:
         self.max_fds = max_fds
         self.stats = Stats()
         self.journal_lock = trio.Lock()
-        self.pending_bytes = 0
-        self.max_pending = 64 << 20
-        self.space = trio.Event()
+        # Objects whose last name is gone, waiting until the journal record that removed
+        # the name is durable: (journal position, inode, object id).
+        self.removals: list[tuple[int, int, int]] = []
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
+        self.on_lost: Callable[[int], None] = lambda _ino: None  # drop the kernel's cache
 
     # -- helpers -----------------------------------------------------------------
 
@@ -111,13 +123,44 @@ class Vfs:
         return reply
 
     def _freed(self, fid: int | None, ino: int) -> None:
-        """An object nobody can reach any more: delete its diff files (in its inode's FIFO)."""
+        """An object nobody can reach any more: delete its diff files once that is safe.
+
+        Its files go only after the journal record that removed its last name is
+        durable: a crash before that brings the name back, and it must come back
+        with its content (a durable rename over it must not lose both files).
+        """
         if fid is None:
             return
         fd = self.fds.pop(fid, None)
         if fd is not None:
             os.close(fd)
-        self.router.submit(ino, P.Remove(self.router.rid(), ino, fid))
+        self.removals.append((self.journal.appended, ino, fid))
+        self._remove_covered()
+
+    def _remove_covered(self) -> None:
+        """Send the removals whose journal records are durable (in each inode's FIFO)."""
+        if not self.removals:
+            return
+        synced = self.journal.synced
+        keep = []
+        for pos, ino, fid in self.removals:
+            if pos <= synced:
+                self.router.submit(ino, P.Remove(self.router.rid(), ino, fid))
+            else:
+                keep.append((pos, ino, fid))
+        self.removals = keep
+
+    def _fail(self, node: Node, err: int) -> None:
+        """Record a failure of this file's content for every handle open now."""
+        node.err_no = err
+        node.err_seq += 1
+
+    def _report(self, h: Handle, what: str) -> None:
+        """Raise the newest failure this handle has not reported yet (errseq)."""
+        node = h.node
+        if h.err_seen != node.err_seq:
+            h.err_seen = node.err_seq
+            raise FsError(node.err_no, f"{what}: an earlier write of this file failed")
 
     def _settle(self, node: Node) -> None:
         self._freed(self.ns.maybe_free(node), node.ino)
@@ -165,9 +208,12 @@ class Vfs:
         return node.target
 
     def mknod(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Node:
-        if not stat.S_ISREG(mode) and stat.S_IFMT(mode) != 0:
-            raise FsError(errno.EPERM, "only regular files can be created")
-        return self.ns.create(parent, name, "f", mode, uid, gid)
+        """A regular file, a FIFO (mkfifo) or a socket (bind); device nodes are refused."""
+        kind = {0: "f", stat.S_IFREG: "f", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}.get(
+            stat.S_IFMT(mode))
+        if kind is None:
+            raise FsError(errno.EPERM, "device nodes cannot be created")
+        return self.ns.create(parent, name, kind, mode, uid, gid)
 
     def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Node:
         return self.ns.create(parent, name, "d", mode, uid, gid)
@@ -231,12 +277,16 @@ class Vfs:
             call = self.router.submit(
                 node.ino, P.Truncate(self.router.rid(), node.ino, fid, node.origin, size)
             )
-            reply = self._reply(await call.wait(), f"truncate {self._name(node)}")
+            reply = await call.wait()
+            if isinstance(reply, P.Err):
+                self._fail(node, reply.errno)
+            reply = self._reply(reply, f"truncate {self._name(node)}")
         finally:
             node.inflight -= 1
             self._settle(node)
         assert isinstance(reply, P.Done)
         node.slot = reply.slot
+        node.unsynced = True
 
     def _name(self, node: Node) -> str:
         return self.ns.path_of(node) or f"<unlinked inode {node.ino}>"
@@ -303,90 +353,98 @@ class Vfs:
         return reply.data
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
-        """Write-behind: answered once queued in the inode's FIFO, like a page cache.
+        """Answered once the inode's worker has written the bytes to the diff file.
 
-        Everything that could observe the write waits for it or goes behind it:
-        sizes are updated here, reads of an inode with writes in flight go to its
-        worker (FIFO), fsync is queued behind the writes and reports a failed one,
-        and the inode is not freed while writes are in flight. Queued bytes are
-        bounded (`max_pending`): past it, writers wait for their own write.
+        Sizes are updated here first (in request order), reads of an inode with a
+        write in flight go to its worker (FIFO), and a failed write is answered
+        with its error and recorded for every open handle.
         """
         node = self._handle(fh).node
-        if node.error:
-            raise FsError(node.error, "an earlier write of this file failed")
         fid = self.ns.bind(node)
         end = off + len(data)
         if end > node.size:
             node.size = end
         n = len(data)
         node.inflight += 1
-        self.pending_bytes += n
+        node.unsynced = True
         self.stats.writes += 1
         self.stats.bytes_written += n
-        def done(reply: P.Reply) -> None:
+        try:
+            call = self.router.submit(
+                node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data))
+            reply = await call.wait()
+        finally:
             node.inflight -= 1
-            self.pending_bytes -= n
-            if isinstance(reply, P.Err):
-                self.log(f"write {self._name(node)} at {off}: {reply.message}")
-                if not node.error:
-                    node.error = reply.errno
-            elif isinstance(reply, P.Done):
-                node.slot = reply.slot
             self._settle(node)
-            if self.pending_bytes <= self.max_pending:
-                self.space.set()
-
-        call = self.router.submit(
-            node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data), done,
-            urgent=False,
-        )
-        if self.pending_bytes > self.max_pending and call.reply is None:
-            self.space = trio.Event()
-            await self.space.wait()
+        if isinstance(reply, P.Err):
+            self._fail(node, reply.errno)
+            self.log(f"write {self._name(node)} at {off}: {reply.message}")
+            if reply.errno == errno.ENOSPC:
+                self.log(f"the diff directory {self.statfs_path} is full")
+            self.on_lost(node.ino)
+            raise FsError(reply.errno, reply.message)
+        if isinstance(reply, P.Done):
+            node.slot = reply.slot
         return n
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        node = self._handle(fh).node
-        await self.fsync_node(node, datasync)
+        h = self._handle(fh)
+        await self.fsync_node(h.node, datasync, h)
 
-    async def fsync_node(self, node: Node, datasync: bool) -> None:
+    async def fsync_node(self, node: Node, datasync: bool, h: Handle | None = None) -> None:
+        """Data, size, block map and name of `node` durable; report failures to `h`."""
         self.stats.fsyncs += 1
+        what = f"fsync {self._name(node)}"
         if self.defer_fsync:
             # --perf-unsafe: only recorded; a clean unmount makes everything durable.
             self.stats.deferred_fsyncs += 1
-            if node.error:
-                err, node.error = node.error, 0
-                raise FsError(err, "a write of this file failed")
+            if h is not None:
+                self._report(h, what)
             return
         if node.fid is not None:
+            seq = node.err_seq
             node.inflight += 1
             try:
                 call = self.router.submit(
                     node.ino, P.Fsync(self.router.rid(), node.ino, node.fid, datasync)
                 )
-                self._reply(await call.wait(), f"fsync {self._name(node)}")
+                reply = await call.wait()
             finally:
                 node.inflight -= 1
                 self._settle(node)
+            if isinstance(reply, P.Err):
+                self._fail(node, reply.errno)
+                self.log(f"{what}: {reply.message}")
+                if reply.errno == errno.ENOSPC:
+                    self.log(f"the diff directory {self.statfs_path} is full")
+                if h is not None:
+                    h.err_seen = node.err_seq
+                raise FsError(reply.errno, reply.message)
+            if node.err_seq == seq:
+                node.unsynced = False
         # Its name (creation, backup-file binding, renames) must survive too.
         if node.jpos > self.journal.synced:
             await self.sync_journal()
-        if node.error:
-            err, node.error = node.error, 0
-            raise FsError(err, "a write of this file failed")
+        if h is not None:
+            self._report(h, what)
 
     async def sync_journal(self) -> None:
         async with self.journal_lock:
             if self.journal.appended > self.journal.synced:
                 self.stats.journal_syncs += 1
                 await trio.to_thread.run_sync(self.journal.sync)
+        self._remove_covered()
+
+    async def housekeeping(self, period: float = 1.0) -> None:
+        """Removals wait for a durable journal: sync it now and then so space comes back."""
+        while True:
+            await trio.sleep(period)
+            if self.removals:
+                await self.sync_journal()
 
     async def flush(self, fh: int) -> None:
-        """close(): report a failed write-behind (like NFS), never wait for the disk."""
-        node = self._handle(fh).node
-        if node.error:
-            err, node.error = node.error, 0
-            raise FsError(err, "a write of this file failed")
+        """close(): report a failure this descriptor has not seen; never wait for the disk."""
+        self._report(self._handle(fh), "close")
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -428,19 +486,31 @@ class Vfs:
     def worker_restarted(self, index: int) -> None:
         """Its shared-memory maps were reset: read through it until writes republish them.
 
-        Files whose queued writes died with it (their next fsync reports EIO) get their
-        size back from the diff file, so sizes never run ahead of the data.
+        What the dead worker had not made durable is reported, never hidden: a file
+        from the backup written since its last fsync may have lost block-map bits
+        (they reach the map only at fsync), so every handle open on it gets EIO at
+        its next fsync, its size comes back from the diff file, and the kernel's
+        cached pages of it are dropped.
         """
-        for node in self.ns.inodes.values():
+        for node in list(self.ns.inodes.values()):
             if self.router.worker_of(node.ino) != index:
                 continue
             node.slot = -1
-            if node.error and node.fid is not None:
-                try:
-                    node.size = os.stat(data_path(self.objects, node.fid)).st_size
-                except FileNotFoundError:
-                    if node.origin is None:
-                        node.size = 0
+            if not node.unsynced or node.fid is None:
+                continue
+            node.unsynced = False
+            try:
+                node.size = os.stat(data_path(self.objects, node.fid)).st_size
+            except FileNotFoundError:
+                if node.origin is None:
+                    node.size = 0
+            if node.origin is not None:
+                # A file created here keeps all it has in its data file; a backup file's
+                # block-map bits since its last fsync died with the worker.
+                self._fail(node, errno.EIO)
+                self.log(f"{self._name(node)}: writes not yet fsynced are lost "
+                         f"(worker {index} died); its next fsync reports EIO")
+            self.on_lost(node.ino)
 
     def close_fds(self) -> None:
         for fd in self.fds.values():

@@ -201,6 +201,7 @@ class Router:
         self.nursery: trio.Nursery | None = None
         self.on_restart: Callable[[int], None] | None = None
         self.restarts: list[list[float]] = [[] for _ in range(n)]  # times, per worker
+        self.restarted = 0  # restarts since the start
 
     def worker_of(self, ino: int) -> int:
         return ino % self.n
@@ -265,6 +266,7 @@ class Router:
     async def _restart(self, old: WorkerConn) -> None:
         """A new process for a dead worker: it reopens its objects from the diff on disk."""
         self.restarts[old.index].append(time.monotonic())
+        self.restarted += 1
         await trio.to_thread.run_sync(_reap, old.proc)
         old.close()
         if self.stopping or self.nursery is None:
@@ -315,6 +317,10 @@ class Router:
             conn._die()
             conn.close()
         return clean and confirmed == len(calls)
+
+    def restart_count(self) -> int:
+        """Workers restarted since the mount started (each lost what it had not synced)."""
+        return self.restarted
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.conns]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -53,10 +54,17 @@ from pbkfs.mount.checks import (
     resolve_owner,
 )
 from pbkfs.mount.fuseops import Operations
-from pbkfs.mount.kerneltune import tune_bdi
+from pbkfs.mount.kerneltune import tune_bdi, tune_connection
 from pbkfs.mount.options import MountOptions
-from pbkfs.mount.runtime import RuntimeRecord, control_path, remove_record, write_record
+from pbkfs.mount.runtime import (
+    RuntimeRecord,
+    control_path,
+    remove_record,
+    sweep_stale,
+    write_record,
+)
 from pbkfs.mount.stats import MountStats
+from pbkfs.proc import start_time
 from pbkfs.view.source import Source, SourceSpec, open_source
 
 _logger = logging.getLogger("pbkfs.mount")
@@ -154,6 +162,7 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
 def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) -> int:
     mnt = os.path.abspath(opts.mountpoint)
     remove_stale()
+    sweep_stale()
     shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
@@ -162,7 +171,15 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
     vfs.defer_fsync = opts.perf_unsafe
-    router.on_restart = vfs.worker_restarted
+    record: RuntimeRecord | None = None  # written once mounted
+
+    def restarted(index: int) -> None:
+        vfs.worker_restarted(index)
+        if record is not None:  # the record names the live workers (unmount --force)
+            record.workers = router.pids()
+            write_record(record)
+
+    router.on_restart = restarted
     ops = Operations(vfs, writeback=opts.writeback, entry_timeout=opts.entry_timeout,
                      attr_timeout=opts.attr_timeout)
     options = {"fsname=pbkfs", "subtype=pbkfs", "default_permissions"}
@@ -173,7 +190,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     synced = False  # the workers confirmed everything durable, the journal is synced
 
     async def main() -> None:
-        nonlocal mounted, synced
+        nonlocal mounted, synced, record
         async with trio.open_nursery() as nursery:
             # Workers open their views while the kernel mounts and PostgreSQL starts.
             await router.start(nursery, wait=False)
@@ -185,8 +202,9 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
             mounted = True
             ctl = control_path(mnt)
             os.makedirs(os.path.dirname(ctl), mode=0o700, exist_ok=True)
-            write_record(RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids(),
-                                       ctl))
+            record = RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids(), ctl,
+                                   started=start_time(os.getpid()), sid=os.getsid(0))
+            write_record(record)
             nursery.start_soon(_signals, mnt)
             stats = MountStats(ops, vfs, router, p.diff.path)
             nursery.start_soon(control.serve, ctl, stats.answer)
@@ -198,16 +216,26 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 await trio.sleep(0.05)
                 if opts.tune_writeback:
                     tune_bdi(mnt)
+                    tune_connection(mnt)
                 ready(None)
                 log(f"mounted {describe_source(opts.source)} at {mnt} "
                     f"({opts.workers} workers, diff {p.diff.path})")
 
             nursery.start_soon(answering)
+            nursery.start_soon(vfs.housekeeping)
+            lost: trio.MemorySendChannel[int]
+            lost, lost_rx = trio.open_memory_channel[int](math.inf)
+            vfs.on_lost = lost.send_nowait
+            nursery.start_soon(_invalidate, lost_rx)
             try:
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
+                    # Names removed while mounted become durable, then their objects go.
+                    await vfs.sync_journal()
                     workers_synced = await router.shutdown()
+                    if opts.perf_unsafe and router.restart_count():
+                        workers_synced = False  # a dead worker took deferred fsyncs with it
                     await trio.to_thread.run_sync(p.journal.sync)
                     synced = workers_synced
                 nursery.cancel_scope.cancel()
@@ -259,6 +287,20 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+async def _invalidate(inodes: trio.MemoryReceiveChannel[int]) -> None:
+    """Drop the kernel's cached pages of files whose unsynced data was lost.
+
+    Outside the request that noticed the loss, in a thread: the kernel may first
+    write dirty pages back to us, and a request handler must not wait for that.
+    """
+    async for ino in inodes:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except OSError as exc:  # the inode is no longer known to the kernel: nothing cached
+            if exc.errno != errno.ENOENT:
+                log_error(f"could not drop the kernel's cache of inode {ino}: {exc}")
 
 
 def describe_source(spec: SourceSpec) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 
 from pbkfs.mount.mountinfo import mounts_at
 
@@ -20,6 +21,35 @@ def mount_device(mnt: str) -> str | None:
 # read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers
 # (reads of files never written are routed by chunk), so cold data decodes on every CPU.
 BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO), "read_ahead_kb": "1024"}
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+# WRITEs are answered once a worker has written them, so the kernel's writeback keeps
+# more of them in flight (its default is 12 background requests, 9 before congestion).
+MAX_BACKGROUND = int(os.environ.get("PBKFS_MAX_BACKGROUND", "64"))
+CONNECTION_SETTINGS = {"max_background": str(MAX_BACKGROUND),
+                       "congestion_threshold": str(MAX_BACKGROUND * 3 // 4)}
+
+
+def tune_connection(mnt: str) -> None:
+    """More background requests per mount, through the fusectl file system (root only)."""
+    dev = mount_device(mnt)
+    if dev is None:
+        return
+    if not os.path.isdir(os.path.join(FUSECTL, dev.split(":")[1])):
+        try:  # fusectl is not always mounted; root can mount it
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True,
+                           timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    conn = os.path.join(FUSECTL, dev.split(":")[1])
+    for name, value in CONNECTION_SETTINGS.items():
+        try:
+            with open(os.path.join(conn, name), "w") as f:
+                f.write(value)
+        except OSError as exc:
+            _logger.warning(f"could not set {name}={value} for the mount ({exc.strerror})")
+            return
 
 
 def tune_bdi(mnt: str) -> None:

@@ -10,90 +10,19 @@ import errno
 import os
 import random
 import signal
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
 import pytest
 import trio
 
-from pbkfs.diff.directory import DiffDir
-from pbkfs.diff.journal import JournalDir
-from pbkfs.diff.sharedmaps import Segment
-from pbkfs.fs.namespace import FsError, Namespace
+from pbkfs.fs.namespace import FsError
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
 from pbkfs.mount.fuseops import Operations
-from pbkfs.view.source import SourceSpec, open_source
+from tests.support.corefs import lookup_path, make_base, run_vfs
 
 BS = 8192
-
-
-def make_base(root: Path) -> dict[str, bytes]:
-    files = {
-        "base/1/100": random.Random(1).randbytes(4 * BS),
-        "base/1/200": random.Random(2).randbytes(BS + 77),
-        "PG_VERSION": b"15\n",
-    }
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return files
-
-
-Body = Callable[[Vfs, Router], Awaitable[None]]
-
-
-def run_vfs(tmp_path: Path, body: Body, workers: int = 2) -> None:
-    base = tmp_path / "base"
-    if not base.exists():
-        make_base(base)
-    spec = SourceSpec("plain", path=str(base))
-    source = open_source(spec)
-    diff = DiffDir(str(tmp_path / "diff"))
-    diff.create()
-    jd = JournalDir(diff.ns)
-    snap, records = jd.load()
-    ns = Namespace(0, 0, 0, journal=jd.append)
-    if snap:
-        ns.load_snapshot(snap)
-    else:
-        ns.load_entries(source.entries())
-    ns.replay(records)
-    from pbkfs.fs.settle import settle_objects
-
-    settle_objects(ns, diff, source)
-    name = f"/pbkfs-test-{uuid.uuid4().hex[:8]}"
-    seg = Segment.create(name, workers, BS)
-    router = Router(workers, spec, diff.objects, name)
-    vfs = Vfs(ns, router, diff.objects, jd, seg, diff.path)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await router.start(nursery)
-            try:
-                await body(vfs, router)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await router.shutdown()
-                nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
-    finally:
-        vfs.close_fds()
-        jd.close()
-        seg.close()
-        seg.unlink()
-
-
-def lookup_path(vfs: Vfs, path: str) -> int:
-    ino = 1
-    for part in path.split("/"):
-        ino = vfs.lookup(ino, part).ino
-    return ino
 
 
 def test_write_then_read_in_order_and_hot_path(tmp_path: Path) -> None:
@@ -305,37 +234,3 @@ class _Ctx:
     gid = 0
     pid = os.getpid()
     umask = 0o22
-
-
-def test_failed_write_behind_is_reported_by_fsync(tmp_path: Path) -> None:
-    """Writes are answered once queued; one that fails later makes the next fsync fail."""
-
-    async def body(vfs: Vfs, router: Router) -> None:
-        fh, node = vfs.create(1, "doomed", 0o600, os.O_RDWR, 0, 0)
-        assert node.fid is not None
-        os.mkdir(os.path.join(vfs.objects, str(node.fid)))  # the data file cannot be opened
-        assert await vfs.write(fh, 0, b"lost") == 4  # accepted (queued)
-        assert vfs.getattr(node.ino).size == 4
-        with pytest.raises(FsError) as e:
-            await vfs.fsync(fh, True)
-        assert e.value.errno == errno.EISDIR
-        await vfs.fsync(fh, True)  # reported once, like the kernel's writeback errors
-        await vfs.release(fh)
-
-    run_vfs(tmp_path, body)
-
-
-def test_write_behind_is_bounded(tmp_path: Path) -> None:
-    """Past max_pending queued bytes a writer waits for its own write."""
-
-    async def body(vfs: Vfs, router: Router) -> None:
-        vfs.max_pending = 64 * 1024
-        fh, node = vfs.create(1, "big", 0o600, os.O_RDWR, 0, 0)
-        for i in range(64):
-            await vfs.write(fh, i * BS, bytes([i]) * BS)
-            assert vfs.pending_bytes <= vfs.max_pending + BS
-        await vfs.fsync(fh, True)
-        data = await vfs.read(fh, 0, 64 * BS)
-        assert data == b"".join(bytes([i]) * BS for i in range(64))
-
-    run_vfs(tmp_path, body)

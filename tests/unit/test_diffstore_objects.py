@@ -12,43 +12,15 @@ from pathlib import Path
 import pytest
 
 from pbkfs.diff.blockmap import HEADER_SIZE, SLOT_SIZE, BlockMap, MapFormatError
-from pbkfs.diff.objects import ObjectStore, data_path, map_path
+from pbkfs.diff.objects import data_path, map_path
+from tests.support.fakebase import FakeBase, fake_base, store
 
 BS = 8192
 
 
-class FakeBase:
-    """A backup: path -> bytes; counts reads so tests can prove what was (not) read."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.reads = 0
-
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        self.reads += 1
-        return self.files[path][offset : offset + length]
-
-    def base_size(self, path: str) -> int:
-        return len(self.files[path])
-
-
-def pattern(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
 @pytest.fixture
 def base() -> FakeBase:
-    return FakeBase({
-        "rel": pattern(5 * BS, 1),          # a 5-block datafile
-        "small": b"hello, world\n",          # a file shorter than a block
-        "odd": pattern(2 * BS + 100, 2),     # not a multiple of the block size
-    })
-
-
-def store(tmp_path: Path, base: FakeBase) -> ObjectStore:
-    objects = tmp_path / "objects"
-    objects.mkdir(exist_ok=True)
-    return ObjectStore(str(objects), base, BS)
+    return fake_base()
 
 
 def test_sparse_diff_reads_backup_data(tmp_path: Path, base: FakeBase) -> None:
@@ -79,6 +51,7 @@ def test_partial_write_brings_in_only_its_block(tmp_path: Path, base: FakeBase) 
     """Lesson 35: an unaligned write reads and rewrites the touched block only."""
     s = store(tmp_path, base)
     s.write(1, "rel", 3 * BS + 10, b"XYZ")
+    s.fsync(1, datasync=True)  # bits reach the map file only at fsync
     bm = BlockMap.load(map_path(s.dir, 1))
     assert [b for b in range(5) if bm.has(b) and b < bm.horizon] == [3]
     want = bytearray(base.files["rel"])
@@ -143,6 +116,7 @@ def test_truncate_crash_between_file_and_horizon_is_repaired(
     """Crash rule: a data file shorter than the horizon says wins on load."""
     s = store(tmp_path, base)
     s.write(1, "rel", 0, b"x")  # create the object
+    s.fsync(1, datasync=True)
     s.close_all()
     os.truncate(data_path(s.dir, 1), BS)  # the truncate happened, the horizon was not lowered
     s2 = store(tmp_path, base)
