@@ -32,6 +32,9 @@ POSTGRESQL_CONF_FILE = CONF_DIR / "postgresql.pbkfs.conf"
 
 # Seconds the kernel may cache names (entry) and attributes (attr) of a mount.
 CACHE_TIMEOUT = 300.0
+# Seconds a worker may leave a request unanswered before it is killed and restarted (its
+# requests fail with EIO): a stopped or wedged worker never hangs the mount's users.
+REQUEST_TIMEOUT = 120.0
 # Per process (the mount process and each worker): page-index memory and open backup files.
 PAGE_INDEX_MB = 64
 OPEN_FILES = 64
@@ -47,6 +50,7 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     attr_timeout: Seconds = CACHE_TIMEOUT
     apply_postgresql_conf: bool = True
     timeout: float = 60.0
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = REQUEST_TIMEOUT
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -120,6 +120,7 @@ def mount(
         postgresql_conf=not no_postgresql_conf and cfg.mount.apply_postgresql_conf,
         entry_timeout=cfg.mount.entry_timeout,
         attr_timeout=cfg.mount.attr_timeout,
+        request_timeout=cfg.mount.request_timeout,
         caches=cfg.cache,
         log_format=cfg.log.format,
         log_level=cfg.log.level,

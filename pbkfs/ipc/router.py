@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from pbkfs.config import CacheConfig, worker_count
+from pbkfs.config import REQUEST_TIMEOUT, CacheConfig, worker_count
 from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.view.source import SourceSpec
@@ -38,12 +39,13 @@ class WorkerDied(Exception):
 class Call:
     """One request in flight: awaited by a task, or completed through a callback."""
 
-    __slots__ = ("event", "reply", "callback")
+    __slots__ = ("event", "reply", "callback", "sent_at")
 
     def __init__(self, callback: Callable[[P.Reply], None] | None = None) -> None:
         self.event = trio.Event()
         self.reply: P.Reply | None = None
         self.callback = callback
+        self.sent_at = time.monotonic()  # the watchdog's clock
 
     def complete(self, reply: P.Reply) -> None:
         self.reply = reply
@@ -188,6 +190,7 @@ class Router:
         log_format: str = "text",
         log_level: str = "info",
         caches: CacheConfig | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.n = worker_count(n)
         self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level,
@@ -202,6 +205,7 @@ class Router:
         self.on_restart: Callable[[int], None] | None = None
         self.restarts: list[list[float]] = [[] for _ in range(n)]  # times, per worker
         self.restarted = 0  # restarts since the start
+        self.request_timeout = request_timeout
 
     def worker_of(self, ino: int) -> int:
         return ino % self.n
@@ -234,6 +238,7 @@ class Router:
             self.conns.append(conn)
             nursery.start_soon(conn.writer)
             nursery.start_soon(conn.reader, self._on_death)
+        nursery.start_soon(self._watchdog)
         if not wait:
             return
         with trio.move_on_after(timeout) as scope:
@@ -248,6 +253,30 @@ class Router:
                         await conn.ready.wait()
         if scope.cancelled_caught:
             raise WorkerDied(f"workers did not start within {timeout:.0f} s")
+
+    async def _watchdog(self) -> None:
+        """A worker that leaves a request unanswered for `request_timeout` is killed.
+
+        Its death fails every request in flight with EIO and starts a new worker
+        (as for any death), so a stopped or wedged worker never leaves a process
+        in D state on the mount. Requests of one worker are answered in order per
+        inode, not globally, so the oldest one in flight is the one to watch.
+        """
+        period = min(1.0, self.request_timeout / 4)
+        while not self.stopping:
+            await trio.sleep(period)
+            now = time.monotonic()
+            for conn in self.conns:
+                if not conn.alive or not conn.pending:
+                    continue
+                oldest = min(c.sent_at for c in conn.pending.values())
+                if now - oldest > self.request_timeout:
+                    self.log(f"worker {conn.index} (pid {conn.pid}) left a request "
+                             f"unanswered for {now - oldest:.0f} s; killing it")
+                    try:
+                        os.kill(conn.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
     def _on_death(self, conn: WorkerConn) -> None:
         if self.stopping:

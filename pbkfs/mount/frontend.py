@@ -166,7 +166,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
-                    log=log_error, caches=opts.caches,
+                    log=log_error, caches=opts.caches, request_timeout=opts.request_timeout,
                     log_format=opts.log_format, log_level=opts.log_level)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pbkfs.config import CACHE_TIMEOUT, CacheConfig
+from pbkfs.config import CACHE_TIMEOUT, REQUEST_TIMEOUT, CacheConfig
 from pbkfs.recovery.mountplan import MountRecovery
 from pbkfs.view.source import SourceSpec
 
@@ -27,6 +27,7 @@ class MountOptions(msgspec.Struct):
     tune_writeback: bool = True
     entry_timeout: float = CACHE_TIMEOUT
     attr_timeout: float = CACHE_TIMEOUT
+    request_timeout: float = REQUEST_TIMEOUT  # a worker silent this long is restarted
     caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of every view opened
     log_format: str = "text"
     log_level: str = "info"

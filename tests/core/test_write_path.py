@@ -6,6 +6,7 @@ design (docs/CONTRACT.md names them).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -204,3 +205,32 @@ def test_object_files_go_only_after_the_name_removal_is_durable(tmp_path: Path) 
 
     run_vfs(tmp_path, body)
     run_vfs(tmp_path / "again", unsynced)
+
+
+def test_a_stopped_worker_gets_eio_not_a_hang(tmp_path: Path) -> None:
+    """A worker stopped with SIGSTOP: its requests fail with EIO after `request_timeout`,
+    a new worker takes over, and the file system answers again."""
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        seen = _restarted_hook(vfs, router)
+        router.request_timeout = 2.0
+        ino = lookup_path(vfs, "base/1/100")
+        fh = await vfs.open(ino, os.O_RDWR)
+        await vfs.write(fh, 0, b"W" * BS)
+        await vfs.fsync(fh, True)
+        stopped = router.conns[0].pid
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            with trio.fail_after(60):
+                with pytest.raises(FsError) as e:
+                    await vfs.read(fh, BS, BS)
+            assert e.value.errno == errno.EIO
+            await _wait_restarted(router, seen)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        assert router.conns[0].pid != stopped
+        assert await vfs.read(fh, 0, 2 * BS) == b"W" * BS + files["base/1/100"][BS : 2 * BS]
+
+    run_vfs(tmp_path, body, workers=1)
