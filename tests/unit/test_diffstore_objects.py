@@ -212,3 +212,25 @@ def test_random_ops_match_a_model(tmp_path: Path, base: FakeBase) -> None:
         n = rng.randrange(0, 3 * BS)
         assert s.read(1, "odd", off, n) == bytes(model[off : off + n]), step
     assert s.read(1, "odd", 0, 10 * BS) == bytes(model)
+
+
+def test_a_failed_fsync_fails_for_good(
+    tmp_path: Path, base: FakeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contract D5: after an fdatasync error the host may have dropped the pages it could
+    not write, so a later fsync that succeeds at the host must still report the loss."""
+    s = store(tmp_path, base)
+    s.write(1, "rel", 0, b"x" * BS)
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        s.fsync(1, datasync=True)
+    monkeypatch.setattr(os, "fdatasync", real)
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            s.fsync(1, datasync=True)
+        assert e.value.errno == 5
