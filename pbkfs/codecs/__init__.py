@@ -1,4 +1,7 @@
-"""Page codecs: turn one stored page payload back into exactly one page (format spec §3.5).
+"""Page codecs: turn one stored page payload back into exactly one page (layer 1 of 10).
+
+Owns decoding (zlib, pglz, lz4, zstd), CRC32C and page checks; imports only the
+root modules. Format spec §3.5:
 
 The payload's codec is the *file entry's* `compress_alg`. A payload of exactly
 BLCKSZ bytes is a raw page whatever the codec says (pg_probackup stores pages

@@ -1,4 +1,11 @@
-"""Recovery of a mounted backup: targets, backup choice, WAL checks, recovery files, status."""
+"""PostgreSQL recovery of a mounted backup (layer 6 of 10).
+
+Owns recovery targets, choosing the backup for a target, checking that the
+WAL archive covers it, the recovery files and settings a first mount writes,
+and what the diff records about it (`mountplan`). "Recovery" here always
+means PostgreSQL's; repairing a diff after a crash is `pbkfs.fs.settle`.
+Imports diff, view, walarchive, catalog and the root modules.
+"""
 
 from pbkfs.recovery.files import RecoveryFiles, default_program, recovery_files, restore_command
 from pbkfs.recovery.options import recovery_target_options, target_from_options

@@ -1,4 +1,9 @@
-"""The WAL archive of an instance (`wal/<instance>/`): names, decoding, checks, timelines."""
+"""The WAL archive of an instance (`wal/<instance>/`) (layer 3 of 10).
+
+Owns segment names, decoding of archived (compressed) segments, records,
+timelines and history files, coverage checks and delivering a segment for
+`archive-get`. Imports catalog, codecs and the root modules only.
+"""
 
 from pbkfs.walarchive.archive import ArchivedFile, WalArchive, WalNotFound
 from pbkfs.walarchive.history import HistoryEntry, parse_history
