@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tools.bench_mount [--scale 20] [--seconds 20] [--clients 1,8,16]
         [--workers 1,2,4] [--local-wal] [--catalog DIR --instance main --backup-id ID]
-        [--out tools/bench_results/mount.md]
+        [--baseline-tree DIR] [--out tools/bench_results/mount.md]
 
 In one run on one machine: makes a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, takes
 a FULL zlib `--stream` backup with `python -m tools.mkbackup` (unless --catalog is given),
@@ -12,6 +12,10 @@ PostgreSQL started on it, pgbench TPC-B (`-N` not used) then select-only (`-S`) 
 client count for SECONDS each (prepared statements, `-j min(c, 2)`), the resident memory of
 every pbkfs process, and the time from `pbkfs mount` to the first successful query against
 the time to copy the whole data directory. Results go to a Markdown file.
+
+`--baseline-tree DIR` adds, for each `--workers N`, a mount made by the pbkfs of another
+checkout (e.g. `git worktree add /tmp/base REV`), in the same run: a change measured side
+by side with what it replaces.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.mounting import force_unmount, mount_pids  # noqa: E402
+from tests.support.mounting import force_unmount, mount_pids  # noqa: E402
 from tests.support.postgres import (  # noqa: E402
     PgCluster,
     free_port,
@@ -157,10 +161,12 @@ def rss(pids: list[int]) -> tuple[int, int]:
 class Config:
     """One data directory under test (the local copy or a mount) with its server."""
 
-    def __init__(self, label: str, workers: int | None, local_wal: bool) -> None:
+    def __init__(self, label: str, workers: int | None, local_wal: bool,
+                 tree: Path = REPO) -> None:
         self.label = label
         self.workers = workers
         self.local_wal = local_wal
+        self.tree = tree  # whose pbkfs makes the mount (its processes start in that tree)
         self.pg: PgCluster | None = None
         self.data = Path()
         self.diff: Path | None = None
@@ -186,7 +192,7 @@ def bring_up(cfg: Config, run: Path, store: Path, instance: str, backup_id: str,
         cmd.append("--local-wal")
     commands.append(shlex.join(["pbkfs", *cmd[3:]]))
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=cfg.tree, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
     mounted_at = time.monotonic() - t0
@@ -204,11 +210,26 @@ def tear_down(cfg: Config, memory: dict[str, tuple[int, int]], diffsize: dict[st
             cfg.pg.teardown()
         if cfg.diff is not None:
             subprocess.run([PY, "-m", "pbkfs.cli.main", "unmount", "-D", str(cfg.data)],
-                           cwd=REPO, capture_output=True, timeout=600)
+                           cwd=cfg.tree, capture_output=True, timeout=600)
             diffsize[cfg.label] = du(cfg.diff, allocated=True)
     finally:
         if cfg.diff is not None:
             force_unmount(cfg.data, cfg.diff)
+
+
+def prepare_tree(tree: Path) -> Path:
+    """Another checkout, runnable with this venv: its C extension built in place."""
+    tree = tree.resolve()
+    subprocess.run([PY, "-c", "import setuptools; from setuptools import setup; "
+                    "setup(script_args=['build_ext', '--inplace'])"],
+                   cwd=tree, check=True, capture_output=True)
+    return tree
+
+
+def tree_revision(tree: Path) -> str:
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or tree.name
 
 
 def main() -> None:
@@ -223,6 +244,8 @@ def main() -> None:
     ap.add_argument("--catalog", type=Path)
     ap.add_argument("--instance", default="main")
     ap.add_argument("--backup-id")
+    ap.add_argument("--baseline-tree", type=Path,
+                    help="also mount with the pbkfs of this checkout (same run, side by side)")
     ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "mount.md")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -240,8 +263,12 @@ def main() -> None:
             store, instance, backup_id, cp_seconds, size = make_backup(work, args.scale)
         log(f"backup {backup_id} in {store}")
         configs = [Config("local copy", None, False)]
+        base_tree = prepare_tree(args.baseline_tree) if args.baseline_tree else None
         for w in workers:
             configs.append(Config(f"pbkfs --workers {w}", w, False))
+            if base_tree is not None:
+                rev = tree_revision(base_tree)
+                configs.append(Config(f"baseline {rev} --workers {w}", w, False, base_tree))
             if args.local_wal:
                 configs.append(Config(f"pbkfs --workers {w} --local-wal", w, True))
         try:
