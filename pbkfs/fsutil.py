@@ -1,9 +1,10 @@
-"""File-system primitives every layer shares: a directory fsync, full reads and writes.
+"""File-system primitives every layer shares: a directory fsync, full reads and writes,
+and the one mapping between a file name's bytes and the `str` pbkfs keeps of it.
 
 Used by the WAL archive (delivery), the view (page reads), the diff (objects,
-journal, binding, markers), the mount (cleanup), the worker process and
-tools/mkbackup; so it sits at the root, beside errors.py, with no imports of
-its own.
+journal, binding, markers), the mount (cleanup; names in the FUSE adapter),
+the worker process and tools/mkbackup; so it sits at the root, beside
+errors.py, with no imports of its own.
 """
 
 from __future__ import annotations
@@ -52,3 +53,14 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+def name_str(raw: bytes) -> str:
+    """A file name (or path) as pbkfs keeps it: UTF-8, any byte that is not UTF-8 as a
+    lone surrogate (surrogateescape, as os.fsdecode on a UTF-8 system, whatever the locale)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def name_bytes(name: str) -> bytes:
+    """The bytes of a name from `name_str`, exactly as they were."""
+    return name.encode("utf-8", "surrogateescape")

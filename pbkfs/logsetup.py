@@ -40,7 +40,8 @@ def setup_logging(fmt: str = "text", level: str = "info", file: str | None = Non
     handler: logging.Handler
     if file:
         os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-        handler = logging.FileHandler(file)
+        # a name that is not UTF-8 (lone surrogates) is logged as \xNN, not lost
+        handler = logging.FileHandler(file, errors="backslashreplace")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

@@ -1,13 +1,14 @@
 """The namespace journal: an append-only log of name changes, plus snapshots.
 
-Every change to the mounted namespace (create, unlink, rename, link, mkdir,
-rmdir, symlink, chmod/chown, binding a backup file to a diff object) is one
-record appended with a single `write` before the operation is answered, so a
-`kill -9` keeps exactly the operations that were answered. A directory `fsync`
-(and a file `fsync` whose name records are not yet durable) `fdatasync`s the
-log. Records are framed `length, crc32c, msgpack`; replay stops at the first
-record that is short or fails its CRC, which is exactly the prefix the log
-held, and the tail is cut off before new records are appended.
+Every change to the mounted namespace (create, mknod of a FIFO or socket,
+unlink, rename, link, mkdir, rmdir, symlink, chmod/chown, binding a backup file
+to a diff object) is one record appended with a single `write` before the
+operation is answered, so a `kill -9` keeps exactly the operations that were
+answered. A directory `fsync` (and a file `fsync` whose name records are not
+yet durable) `fdatasync`s the log. Records are framed `length, crc32c,
+msgpack`; replay stops at the first record that is short or fails its CRC,
+which is exactly the prefix the log held, and the tail is cut off before new
+records are appended.
 
 A *snapshot* is the whole merged tree at one moment (written at a clean
 unmount and after a recovery); generation g consists of `snapshot.<g>`
@@ -15,6 +16,16 @@ unmount and after a recovery); generation g consists of `snapshot.<g>`
 A new generation is made durable (write, fsync, rename, fsync directory)
 before the old one is removed, so a crash at any point leaves one complete
 generation.
+
+Names are bytes to the kernel and `str` here: the FUSE adapter decodes them as
+UTF-8 with surrogateescape, so a byte that is not UTF-8 is a lone surrogate
+(b"\\xff" -> "\\udcff"), which msgpack cannot hold as a string. Any string of a
+record or snapshot that is not valid UTF-8 (a name, a path, a symlink target)
+is therefore stored as msgpack bin holding its bytes, and read back into the
+same `str`; every other string is stored as msgpack str, as always. So every
+diff written before still loads, and a diff without such names or FIFO/socket
+nodes is written byte for byte as before (earlier versions can read it; one with
+them, they cannot).
 """
 
 from __future__ import annotations
@@ -24,11 +35,12 @@ import os
 import re
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
 from pbkfs.codecs.crc import crc32c
-from pbkfs.fsutil import fsync_dir
+from pbkfs.fsutil import fsync_dir, name_bytes, name_str
 
 _REC = struct.Struct("<II")  # length, crc32c
 
@@ -38,7 +50,8 @@ class Rec(msgspec.Struct, tag=True, array_like=True):
 
 
 class Mknode(Rec, tag="mk"):
-    """A new file ('f', with its diff object), directory ('d') or symlink ('l')."""
+    """A new file ('f', with its diff object), directory ('d'), symlink ('l'), FIFO ('p')
+    or socket ('s'); `mode` holds the permission bits only."""
 
     path: str
     kind: str
@@ -114,9 +127,61 @@ class Snapshot(msgspec.Struct):
     names: list[tuple[str, int]]
 
 
+def _to_wire(obj: Any) -> Any:
+    """Builtins of a record or snapshot, each string that is not valid UTF-8 as its bytes."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return name_bytes(obj)
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_to_wire(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _to_wire(v) for k, v in obj.items()}
+    return obj
+
+
+def _from_wire(obj: Any) -> Any:
+    """The inverse of `_to_wire` (records and snapshots hold no other bytes)."""
+    if isinstance(obj, bytes):
+        return name_str(obj)
+    if isinstance(obj, list):
+        return [_from_wire(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _from_wire(v) for k, v in obj.items()}
+    return obj
+
+
+def _encode(obj: msgspec.Struct) -> bytes:
+    try:
+        return _enc.encode(obj)
+    except UnicodeEncodeError:  # it holds a name that is not UTF-8
+        return _enc.encode(_to_wire(msgspec.to_builtins(obj)))
+
+
 def encode_record(rec: Rec) -> bytes:
-    body = _enc.encode(rec)
+    body = _encode(rec)
     return _REC.pack(len(body), crc32c(body)) + body
+
+
+def decode_record(body: bytes) -> Record:
+    """One record; msgspec.DecodeError if it is not one."""
+    try:
+        return _dec.decode(body)
+    except msgspec.ValidationError:  # bin where a str belongs: a name that is not UTF-8
+        return msgspec.convert(_from_wire(msgspec.msgpack.decode(body)), Record)
+
+
+def encode_snapshot(snap: Snapshot) -> bytes:
+    return _encode(snap)
+
+
+def decode_snapshot(data: bytes) -> Snapshot:
+    try:
+        return msgspec.msgpack.decode(data, type=Snapshot)
+    except msgspec.ValidationError:  # names that are not UTF-8
+        return msgspec.convert(_from_wire(msgspec.msgpack.decode(data)), Snapshot)
 
 
 def read_records(data: bytes) -> tuple[list[Record], int]:
@@ -129,7 +194,7 @@ def read_records(data: bytes) -> tuple[list[Record], int]:
         if len(body) != n or crc32c(body) != crc:
             break
         try:
-            out.append(_dec.decode(body))
+            out.append(decode_record(body))
         except msgspec.DecodeError:
             break
         pos += _REC.size + n
@@ -148,7 +213,7 @@ def read_generation(path: str, gen: int) -> tuple[Snapshot | None, list[Record],
     snap: Snapshot | None = None
     if gen:
         with open(os.path.join(path, f"snapshot.{gen}"), "rb") as f:
-            snap = msgspec.msgpack.decode(f.read(), type=Snapshot)
+            snap = decode_snapshot(f.read())
     try:
         with open(os.path.join(path, f"journal.{gen}"), "rb") as f:
             data = f.read()
@@ -242,7 +307,7 @@ class JournalDir:
         tmp = self._file("snapshot", gen) + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.msgpack.encode(snap))
+            f.write(encode_snapshot(snap))
             f.flush()
             os.fsync(f.fileno())
         # An empty journal for the new generation, then the snapshot under its final name.

@@ -1,17 +1,17 @@
 """The pyfuse3 adapter: kernel requests -> `Vfs` calls, nothing more.
 
-Converts names (bytes <-> str with surrogateescape), attributes (Node ->
-EntryAttributes) and errors (FsError -> FUSEError). Cache policy lives here
-because it is FUSE's: long entry and attribute timeouts (every change goes
-through this process, so the kernel's copy never goes stale), `keep_cache`
-on open, and the writeback cache.
+Converts names (bytes <-> str, UTF-8 with surrogateescape: `pbkfs.fsutil`, so
+any bytes but '/' and NUL make a name), attributes (Node -> EntryAttributes)
+and errors (FsError -> FUSEError). Cache policy lives here because it is
+FUSE's: long entry and attribute timeouts (every change goes through this
+process, so the kernel's copy never goes stale), `keep_cache` on open, and the
+writeback cache.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -22,6 +22,7 @@ import trio
 from pbkfs.config import CACHE_TIMEOUT
 from pbkfs.fs.namespace import FsError, Node
 from pbkfs.fs.vfs import Vfs
+from pbkfs.fsutil import name_bytes, name_str
 from pbkfs.mount.controlsocket import Latency
 
 T = TypeVar("T")
@@ -29,7 +30,7 @@ Params = ParamSpec("Params")
 
 
 def _name(raw: bytes) -> str:
-    return os.fsdecode(raw)
+    return name_str(raw)
 
 
 Handler = Callable[Params, Coroutine[Any, Any, T]]
@@ -150,7 +151,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return os.fsencode(self.vfs.readlink(inode))
+        return name_bytes(self.vfs.readlink(inode))
 
     @_errors
     async def mknod(
@@ -168,7 +169,7 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
-        node = self.vfs.symlink(parent_inode, _name(name), os.fsdecode(target), ctx.uid, ctx.gid)
+        node = self.vfs.symlink(parent_inode, _name(name), name_str(target), ctx.uid, ctx.gid)
         return self.attrs(node)
 
     @_errors
@@ -237,7 +238,7 @@ class Operations(pyfuse3.Operations):
             name, node = entries[i]
             if node.freed:
                 continue
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), i + 1):
+            if not pyfuse3.readdir_reply(token, name_bytes(name), self.attrs(node), i + 1):
                 return
             node.lookups += 1  # readdirplus: the kernel now holds a reference
 

@@ -223,7 +223,7 @@ def test_adapter_maps_errors_to_errno(tmp_path: Path) -> None:
         assert e.value.errno == errno.EIO
         vfs.getattr = real  # type: ignore[method-assign]
         with pytest.raises(pyfuse3.FUSEError) as e:
-            await ops.mknod(1, b"fifo", 0o10644, 0, _Ctx())
+            await ops.mknod(1, b"dev", 0o20644, 0, _Ctx())  # a character device
         assert e.value.errno == errno.EPERM
 
     run_vfs(tmp_path, body)

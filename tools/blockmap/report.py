@@ -17,6 +17,7 @@ import msgspec
 
 from pbkfs.diff.blockmap import blocks_for
 from pbkfs.fs.namespace import FsError, Namespace, Node
+from pbkfs.fsutil import name_bytes
 from tools.blockmap.state import DiffState, ObjMap
 
 DIFF = "diff"
@@ -233,9 +234,35 @@ def build_report(state: DiffState, wanted: list[str], mode: str, mountpoint: str
         blocks=sum(len(r.blocks) for r in reports),
         counts=dict(total),
     )
-    return Report(
+    return printable(Report(
         mode=mode, diff=state.diff.path, mountpoint=mountpoint, source=source,
         chain=list(state.binding.chain), block_size=bs, generation=state.generation,
         journal_records=state.replayed, files=reports, whiteouts=wos, summary=summary,
         problems=list(state.problems),
-    )
+    ))
+
+
+def shown(text: str) -> str:
+    """`text` as valid UTF-8: the bytes of a name that are not UTF-8 (kept as lone
+    surrogates) shown as \\xNN."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return name_bytes(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def printable(rep: Report) -> Report:
+    """The report with every path and message shown (every output format needs UTF-8)."""
+    for r in rep.files:
+        r.path = shown(r.path)
+        r.origin = shown(r.origin) if r.origin is not None else None
+        r.renamed_from = shown(r.renamed_from) if r.renamed_from is not None else None
+    for w in rep.whiteouts:
+        w.path = shown(w.path)
+        w.renamed_to = [shown(p) for p in w.renamed_to]
+    rep.diff = shown(rep.diff)
+    rep.mountpoint = shown(rep.mountpoint) if rep.mountpoint is not None else None
+    rep.source = {k: shown(v) for k, v in rep.source.items()}
+    rep.problems = [shown(p) for p in rep.problems]
+    return rep
