@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,25 @@ def test_no_wal_needs_a_new_diff_and_excludes_local_wal(work: Path, old_base: Pa
     assert not is_mounted(mnt)
     with mounted(mnt, diff, plain=old_base):  # the refusal did not spoil the old diff
         assert (mnt / "old").exists()
+
+
+def test_perf_unsafe_keeps_the_dirty_marker_when_a_worker_died(
+    work: Path, old_base: Path
+) -> None:
+    """A worker killed during a --perf-unsafe mount took deferred fsyncs with it: even a
+    clean unmount must not clear the dirty marker (it used to: the new worker's sync at
+    unmount had nothing open and reported success)."""
+    mnt, diff = work / "mnt", work / "diff"
+    with mounted(mnt, diff, plain=old_base, extra=["--perf-unsafe"]):
+        write_synced(mnt / "old", b"changed\n")  # a backup file: bits live in the worker
+        from tests.support.mounting import mount_pids
+
+        frontend, *workers = mount_pids(diff)
+        for pid in workers:
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 60
+        while sum(w["restarts"] for w in stat_json(mnt)["workers"]) < len(workers):
+            assert time.monotonic() < deadline, "workers were not restarted"
+            time.sleep(0.1)
+    assert (diff / "dirty").exists()
+    assert "stays marked dirty" in (diff / "pbkfs.log").read_text()

@@ -234,3 +234,24 @@ def test_a_failed_fsync_fails_for_good(
         with pytest.raises(OSError) as e:
             s.fsync(1, datasync=True)
         assert e.value.errno == 5
+
+
+def test_fsync_of_an_object_this_process_never_opened_still_syncs(
+    tmp_path: Path, base: FakeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted worker has no open objects: an fsync of one its dead predecessor wrote
+    must still fdatasync its files (it used to answer at once without touching the disk)."""
+    dead = store(tmp_path, base)
+    dead.write(1, "rel", 0, b"x" * BS)  # written, never synced; the worker "dies"
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    fresh = store(tmp_path, base)
+    fresh.fsync(1, datasync=True)
+    assert os.path.realpath(data_path(fresh.dir, 1)) in synced
+    assert os.path.realpath(map_path(fresh.dir, 1)) in synced
