@@ -165,6 +165,22 @@ class Vfs:
     def _settle(self, node: Node) -> None:
         self._freed(self.ns.maybe_free(node), node.ino)
 
+    async def _call(self, node: Node, req: P.Msg) -> P.Reply:
+        """`req` answered by the inode's worker; the inode counts as in flight meanwhile."""
+        node.inflight += 1
+        try:
+            return await self.router.submit(node.ino, req).wait()
+        finally:
+            node.inflight -= 1
+            self._settle(node)
+
+    def _failed(self, node: Node, reply: P.Err, what: str) -> None:
+        """A write or fsync the worker could not do: recorded for every handle, and logged."""
+        self._fail(node, reply.errno)
+        self.log(f"{what}: {reply.message}")
+        if reply.errno == errno.ENOSPC:
+            self.log(f"the diff directory {self.statfs_path} is full")
+
     def _objfd(self, fid: int) -> int | None:
         fd = self.fds.get(fid)
         if fd is not None:
@@ -272,18 +288,11 @@ class Vfs:
         fid = self.ns.bind(node)
         node.size = size
         node.mtime_ns = node.ctime_ns = time.time_ns()
-        node.inflight += 1
-        try:
-            call = self.router.submit(
-                node.ino, P.Truncate(self.router.rid(), node.ino, fid, node.origin, size)
-            )
-            reply = await call.wait()
-            if isinstance(reply, P.Err):
-                self._fail(node, reply.errno)
-            reply = self._reply(reply, f"truncate {self._name(node)}")
-        finally:
-            node.inflight -= 1
-            self._settle(node)
+        reply = await self._call(
+            node, P.Truncate(self.router.rid(), node.ino, fid, node.origin, size))
+        if isinstance(reply, P.Err):
+            self._fail(node, reply.errno)
+        reply = self._reply(reply, f"truncate {self._name(node)}")
         assert isinstance(reply, P.Done)
         node.slot = reply.slot
         node.unsynced = True
@@ -365,22 +374,13 @@ class Vfs:
         if end > node.size:
             node.size = end
         n = len(data)
-        node.inflight += 1
         node.unsynced = True
         self.stats.writes += 1
         self.stats.bytes_written += n
-        try:
-            call = self.router.submit(
-                node.ino, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data))
-            reply = await call.wait()
-        finally:
-            node.inflight -= 1
-            self._settle(node)
+        reply = await self._call(
+            node, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data))
         if isinstance(reply, P.Err):
-            self._fail(node, reply.errno)
-            self.log(f"write {self._name(node)} at {off}: {reply.message}")
-            if reply.errno == errno.ENOSPC:
-                self.log(f"the diff directory {self.statfs_path} is full")
+            self._failed(node, reply, f"write {self._name(node)} at {off}")
             self.on_lost(node.ino)
             raise FsError(reply.errno, reply.message)
         if isinstance(reply, P.Done):
@@ -403,20 +403,10 @@ class Vfs:
             return
         if node.fid is not None:
             seq = node.err_seq
-            node.inflight += 1
-            try:
-                call = self.router.submit(
-                    node.ino, P.Fsync(self.router.rid(), node.ino, node.fid, datasync)
-                )
-                reply = await call.wait()
-            finally:
-                node.inflight -= 1
-                self._settle(node)
+            reply = await self._call(
+                node, P.Fsync(self.router.rid(), node.ino, node.fid, datasync))
             if isinstance(reply, P.Err):
-                self._fail(node, reply.errno)
-                self.log(f"{what}: {reply.message}")
-                if reply.errno == errno.ENOSPC:
-                    self.log(f"the diff directory {self.statfs_path} is full")
+                self._failed(node, reply, what)
                 if h is not None:
                     h.err_seen = node.err_seq
                 raise FsError(reply.errno, reply.message)
