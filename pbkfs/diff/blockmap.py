@@ -31,6 +31,7 @@ import os
 import struct
 
 from pbkfs.codecs.crc import crc32c
+from pbkfs.fsutil import pwrite_all
 
 MAGIC = b"PBKFSMAP"
 VERSION = 1
@@ -229,11 +230,7 @@ class BlockMap:
         p = self._pending
         if p is not None:
             lo, hi = p
-            view = memoryview(self.bits)[lo:hi]
-            off = HEADER_SIZE + lo
-            while view:
-                n = os.pwrite(self.fd, view, off)
-                view, off = view[n:], off + n
+            pwrite_all(self.fd, memoryview(self.bits)[lo:hi], HEADER_SIZE + lo)
             self._pending = None
         os.fdatasync(self.fd)
         self.dirty = False
