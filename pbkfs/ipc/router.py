@@ -51,8 +51,7 @@ class Call:
         self.reply = reply
         if self.callback is not None:
             self.callback(reply)
-        else:
-            self.event.set()
+        self.event.set()
 
     async def wait(self) -> P.Reply:
         await self.event.wait()
@@ -283,14 +282,24 @@ class Router:
             return
         recent = [t for t in self.restarts[conn.index] if time.monotonic() - t < 60]
         self.restarts[conn.index] = recent
-        again = len(recent) < MAX_RESTARTS_PER_MINUTE and self.nursery is not None
+        again = len(recent) < MAX_RESTARTS_PER_MINUTE
+        if self.nursery is None:
+            self._log_death(conn, False)
+            return
+        self.nursery.start_soon(self._after_death, conn, again)
+
+    async def _after_death(self, conn: WorkerConn, again: bool) -> None:
+        """Reap first, so the log names the real exit status; then replace the worker."""
+        await trio.to_thread.run_sync(_reap, conn.proc)
+        self._log_death(conn, again)
+        if again:
+            await self._restart(conn)
+
+    def _log_death(self, conn: WorkerConn, again: bool) -> None:
         self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
                  f"{conn.proc.poll()}; its requests in flight fail with EIO; "
                  + ("starting a new one from the diff on disk" if again
                     else "it keeps dying: its inodes answer EIO from now on"))
-        if again:
-            assert self.nursery is not None
-            self.nursery.start_soon(self._restart, conn)
 
     async def _restart(self, old: WorkerConn) -> None:
         """A new process for a dead worker: it reopens its objects from the diff on disk."""
