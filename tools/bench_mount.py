@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tools.bench_mount [--scale 20] [--seconds 20] [--clients 1,8,16]
         [--workers 1,2,4] [--local-wal] [--catalog DIR --instance main --backup-id ID]
-        [--baseline-tree DIR] [--out tools/bench_results/mount.md]
+        [--baseline-tree DIR] [--variant LABEL:NAME=VALUE]... [--out tools/bench_results/mount.md]
 
 In one run on one machine: makes a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, takes
 a FULL zlib `--stream` backup with `python -m tools.mkbackup` (unless --catalog is given),
@@ -15,7 +15,9 @@ the time to copy the whole data directory. Results go to a Markdown file.
 
 `--baseline-tree DIR` adds, for each `--workers N`, a mount made by the pbkfs of another
 checkout (e.g. `git worktree add /tmp/base REV`), in the same run: a change measured side
-by side with what it replaces.
+by side with what it replaces. `--variant LABEL:NAME=VALUE` adds a mount per `--workers N`
+started with that environment variable (pbkfs's measurement switches, e.g.
+`write-behind:PBKFS_WRITE_BEHIND=1`).
 """
 
 from __future__ import annotations
@@ -162,11 +164,12 @@ class Config:
     """One data directory under test (the local copy or a mount) with its server."""
 
     def __init__(self, label: str, workers: int | None, local_wal: bool,
-                 tree: Path = REPO) -> None:
+                 tree: Path = REPO, env: dict[str, str] | None = None) -> None:
         self.label = label
         self.workers = workers
         self.local_wal = local_wal
         self.tree = tree  # whose pbkfs makes the mount (its processes start in that tree)
+        self.env = env or {}  # extra environment of the mount's processes
         self.pg: PgCluster | None = None
         self.data = Path()
         self.diff: Path | None = None
@@ -192,7 +195,8 @@ def bring_up(cfg: Config, run: Path, store: Path, instance: str, backup_id: str,
         cmd.append("--local-wal")
     commands.append(shlex.join(["pbkfs", *cmd[3:]]))
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cfg.tree, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=cfg.tree, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **cfg.env})
     if proc.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
     mounted_at = time.monotonic() - t0
@@ -246,6 +250,8 @@ def main() -> None:
     ap.add_argument("--backup-id")
     ap.add_argument("--baseline-tree", type=Path,
                     help="also mount with the pbkfs of this checkout (same run, side by side)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="LABEL:NAME=VALUE: also mount with this environment variable set")
     ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "mount.md")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -269,6 +275,11 @@ def main() -> None:
             if base_tree is not None:
                 rev = tree_revision(base_tree)
                 configs.append(Config(f"baseline {rev} --workers {w}", w, False, base_tree))
+            for variant in args.variant:
+                label, _, assignment = variant.partition(":")
+                name, _, value = assignment.partition("=")
+                configs.append(Config(f"pbkfs --workers {w} ({label})", w, False,
+                                      env={name: value}))
             if args.local_wal:
                 configs.append(Config(f"pbkfs --workers {w} --local-wal", w, True))
         try:

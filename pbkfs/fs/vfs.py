@@ -23,6 +23,7 @@ The rules this module keeps are in docs/CONTRACT.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -96,6 +97,12 @@ class Vfs:
         # the name is durable: (journal position, inode, object id).
         self.removals: list[tuple[int, int, int]] = []
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
+        # A measurement switch (PBKFS_WRITE_BEHIND=1): answer WRITEs before the worker has
+        # written them, at most `max_pending` bytes queued. Off: the kernel's writeback
+        # cache is the only write-behind.
+        self.write_behind = os.environ.get("PBKFS_WRITE_BEHIND", "0") == "1"
+        self.pending_bytes = 0
+        self.max_pending = 64 << 20
         self.on_lost: Callable[[int], None] = lambda _ino: None  # drop the kernel's cache
 
     # -- helpers -----------------------------------------------------------------
@@ -377,15 +384,36 @@ class Vfs:
         node.unsynced = True
         self.stats.writes += 1
         self.stats.bytes_written += n
-        reply = await self._call(
-            node, P.Write(self.router.rid(), node.ino, fid, node.origin, off, data))
+        req = P.Write(self.router.rid(), node.ino, fid, node.origin, off, data)
+        if not self.write_behind:
+            self._wrote(node, await self._call(node, req), off)
+            return n
+        # Write-behind (a measurement switch): answered now, the worker's reply settles it;
+        # a failure reaches every handle through err_seq. Past `max_pending` queued bytes
+        # each writer waits for its own write (never a shared event a wake-up could miss).
+        node.inflight += 1
+        self.pending_bytes += n
+
+        def done(reply: P.Reply) -> None:
+            node.inflight -= 1
+            self.pending_bytes -= n
+            with contextlib.suppress(FsError):
+                self._wrote(node, reply, off)
+            self._settle(node)
+
+        call = self.router.submit(node.ino, req, done, urgent=False)
+        if self.pending_bytes > self.max_pending and call.reply is None:
+            await call.wait()
+        return n
+
+    def _wrote(self, node: Node, reply: P.Reply, off: int) -> None:
+        """Settle a write's reply: its slot, or its failure recorded for every handle."""
         if isinstance(reply, P.Err):
             self._failed(node, reply, f"write {self._name(node)} at {off}")
             self.on_lost(node.ino)
             raise FsError(reply.errno, reply.message)
         if isinstance(reply, P.Done):
             node.slot = reply.slot
-        return n
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
