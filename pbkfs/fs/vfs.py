@@ -23,7 +23,6 @@ The rules this module keeps are in docs/CONTRACT.md.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -97,12 +96,6 @@ class Vfs:
         # the name is durable: (journal position, inode, object id).
         self.removals: list[tuple[int, int, int]] = []
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
-        # A measurement switch (PBKFS_WRITE_BEHIND=1): answer WRITEs before the worker has
-        # written them, at most `max_pending` bytes queued. Off: the kernel's writeback
-        # cache is the only write-behind.
-        self.write_behind = os.environ.get("PBKFS_WRITE_BEHIND", "0") == "1"
-        self.pending_bytes = 0
-        self.max_pending = 64 << 20
         self.on_lost: Callable[[int], None] = lambda _ino: None  # drop the kernel's cache
 
     # -- helpers -----------------------------------------------------------------
@@ -385,25 +378,7 @@ class Vfs:
         self.stats.writes += 1
         self.stats.bytes_written += n
         req = P.Write(self.router.rid(), node.ino, fid, node.origin, off, data)
-        if not self.write_behind:
-            self._wrote(node, await self._call(node, req), off)
-            return n
-        # Write-behind (a measurement switch): answered now, the worker's reply settles it;
-        # a failure reaches every handle through err_seq. Past `max_pending` queued bytes
-        # each writer waits for its own write (never a shared event a wake-up could miss).
-        node.inflight += 1
-        self.pending_bytes += n
-
-        def done(reply: P.Reply) -> None:
-            node.inflight -= 1
-            self.pending_bytes -= n
-            with contextlib.suppress(FsError):
-                self._wrote(node, reply, off)
-            self._settle(node)
-
-        call = self.router.submit(node.ino, req, done, urgent=False)
-        if self.pending_bytes > self.max_pending and call.reply is None:
-            await call.wait()
+        self._wrote(node, await self._call(node, req), off)
         return n
 
     def _wrote(self, node: Node, reply: P.Reply, off: int) -> None:
