@@ -39,11 +39,16 @@ def main(argv: list[str]) -> int:
         log(f"cannot open the source: {exc}")
         return 2
     region = None
+    inherited: dict[int, bytes] = {}
     if spec.shm:
         seg = Segment.attach(spec.shm, writable=True)
         region = Region(seg, spec.index)
-        region.reset()  # whatever an earlier process of this worker published is stale
-    store = ObjectStore(spec.objects, source, source.block_size, region, log=log)
+        # What an earlier process of this worker published: the blocks it wrote, synced or
+        # not. Adopted by the objects when they are opened again; the region starts afresh.
+        inherited = region.inherited()
+        region.reset()
+    store = ObjectStore(spec.objects, source, source.block_size, region, log=log,
+                        inherited=inherited)
     worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
     worker.send(P.Ready(0, os.getpid(), spec.index))
     return worker.run()

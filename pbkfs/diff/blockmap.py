@@ -197,6 +197,25 @@ class BlockMap:
         if callable(self.on_change):
             self.on_change(lo, hi + 1)
 
+    def adopt(self, bits: bytes) -> bool:
+        """OR in bits an earlier process of this worker set and never synced (their data is
+        in the data file: a bit is mirrored only after its block was written). Pending
+        like any new bit; True if anything was new."""
+        if len(bits) > len(self.bits):
+            self.bits.extend(bytes(len(bits) - len(self.bits)))
+        lo = hi = -1
+        for i, byte in enumerate(bits):
+            if byte & ~self.bits[i]:
+                self.bits[i] |= byte
+                lo = i if lo < 0 else lo
+                hi = i + 1
+        if lo < 0:
+            return False
+        p = self._pending
+        self._pending = (lo, hi) if p is None else (min(p[0], lo), max(p[1], hi))
+        self.dirty = True
+        return True
+
     def set_horizon(self, horizon: int) -> None:
         """Lower the horizon (it never rises): the backup's blocks >= it are gone for good."""
         if horizon >= self.horizon:

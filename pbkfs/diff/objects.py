@@ -85,6 +85,7 @@ class ObjectStore:
         region: Region | None = None,
         max_open: int = 512,
         log: Callable[[str], None] | None = None,
+        inherited: dict[int, bytes] | None = None,
     ) -> None:
         self.dir = objects_dir
         self.base = base
@@ -96,6 +97,10 @@ class ObjectStore:
         self._lock = threading.Lock()
         self._region_lock = threading.Lock()
         self._slots: dict[int, int] = {}  # fid -> shared-memory slot, for the object's life
+        # Bits an earlier process of this worker set but never synced (from shared memory):
+        # adopted when the object is next opened, so a worker's death loses no answered
+        # write (docs/CONTRACT.md, "worker restart").
+        self.inherited = dict(inherited or {})
 
     # -- object table ------------------------------------------------------------
 
@@ -179,6 +184,9 @@ class ObjectStore:
         obj = Obj(fid, origin, fd, size, bm)
         obj.new = created
         if bm is not None:
+            kept = self.inherited.pop(fid, None)
+            if kept is not None and bm.adopt(kept):
+                obj.dirty = True  # the data those bits cover is not synced yet
             if blocks_for(size, self.bs) < bm.horizon:
                 # A truncate whose horizon never reached the map (a crash between the
                 # two): the length it left must be durable before the horizon follows it.
@@ -208,6 +216,7 @@ class ObjectStore:
             obj.slot = self.region.publish(self._slots.get(obj.fid, -1), obj.fid, bm.bits,
                                            bm.horizon)
             self._slots[obj.fid] = obj.slot
+        self._unless_mirrored(obj)
 
         def mirror(lo: int, hi: int, obj: Obj = obj) -> None:
             assert obj.map is not None and self.region is not None
@@ -216,8 +225,15 @@ class ObjectStore:
                     obj.slot, obj.fid, obj.map.bits, lo, hi, obj.map.horizon
                 )
                 self._slots[obj.fid] = obj.slot
+            self._unless_mirrored(obj)
 
         bm.on_change = mirror
+
+    def _unless_mirrored(self, obj: Obj) -> None:
+        """Bits shared memory could not take (the region is full) would die with this
+        process: make them durable now instead."""
+        if obj.slot < 0 and obj.map is not None and obj.map.unsynced_bits():
+            self._fsync(obj, datasync=True)
 
     def _close(self, obj: Obj, release_slot: bool) -> None:
         os.close(obj.fd)

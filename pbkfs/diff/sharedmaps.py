@@ -177,6 +177,23 @@ class Region:
         self.free_slots: list[int] = []
         self.free_space: list[tuple[int, int]] = []  # (offset, capacity)
 
+    def inherited(self) -> dict[int, bytes]:
+        """The bitmaps an earlier process of this worker published (before `reset`): the
+        blocks it had written, synced or not. Slots of one object are merged (a grown
+        bitmap is written to its new place before the old slot is released)."""
+        out: dict[int, bytearray] = {}
+        buf = self.seg.buf
+        for _slot, fid, off, cap, _horizon in self.seg.entries(self.worker):
+            if not (self.heap <= off and off + cap <= self.end):
+                continue  # torn entry: nothing to trust in it
+            bits = bytes(buf[off : off + cap])
+            have = out.setdefault(fid, bytearray(len(bits)))
+            if len(have) < len(bits):
+                have.extend(bytes(len(bits) - len(have)))
+            for i, byte in enumerate(bits):
+                have[i] |= byte
+        return {fid: bytes(bits) for fid, bits in out.items()}
+
     def reset(self) -> None:
         """Start the region afresh (a new worker process: the old one's maps are gone)."""
         buf = self.seg.buf
@@ -216,16 +233,19 @@ class Region:
     def publish(self, slot: int, fid: int, bits: bytes | bytearray, horizon: int) -> int:
         """Create or refresh the slot of `fid` with a whole bitmap; returns the slot or -1."""
         buf = self.seg.buf
+        old = slot
         if slot >= 0:
             efid, off, cap, _h = self.seg.entry(self.worker, slot)
             if efid == fid and cap >= len(bits):
                 buf[off : off + len(bits)] = bits
                 ENTRY.pack_into(buf, self.table + slot * ENTRY.size, fid, off, cap, horizon)
                 return slot
-            self.release(slot)
+        # The new place is filled before the old one is released: a process killed in
+        # between leaves both, never neither (see `inherited`).
         need = max(len(bits), 1)
         got = self._alloc_space(need)
         if got is None:
+            self.release(old)
             return -1
         off = got
         cap = self._cap(need)
@@ -238,8 +258,11 @@ class Region:
             self._header()
         else:
             self.free_space.append((off, cap))
+            self.release(old)
             return -1
         ENTRY.pack_into(buf, self.table + slot * ENTRY.size, fid, off, cap, horizon)
+        if old >= 0 and old != slot:
+            self.release(old)
         return slot
 
     def update(

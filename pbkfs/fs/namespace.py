@@ -70,6 +70,7 @@ class Node:
         "err_no",
         "err_seq",
         "unsynced",
+        "err_reported",
     )
 
     def __init__(self, ino: int, kind: str, mode: int, uid: int, gid: int, t_ns: int) -> None:
@@ -98,7 +99,8 @@ class Node:
         self.freed = False
         self.err_no = 0  # errno of the newest failed write/fsync of this file
         self.err_seq = 0  # how many failures so far: each open handle reports each once
-        self.unsynced = False  # written since its last fsync (lost if its worker dies)
+        self.unsynced = False  # written since its last fsync
+        self.err_reported = True  # the newest failure has reached some handle already
 
     @property
     def st_mode(self) -> int:

@@ -48,7 +48,9 @@ class Handle:
     def __init__(self, node: Node, flags: int) -> None:
         self.node = node
         self.flags = flags
-        self.err_seen = node.err_seq  # failures before the open are not this handle's
+        # Failures someone has already reported are not this handle's; one nobody has
+        # seen yet is (Linux samples errseq at open the same way).
+        self.err_seen = node.err_seq if node.err_reported else node.err_seq - 1
 
 
 class Stats:
@@ -151,15 +153,18 @@ class Vfs:
         self.removals = keep
 
     def _fail(self, node: Node, err: int) -> None:
-        """Record a failure of this file's content for every handle open now."""
+        """Record a failure of this file's content for every handle open now (and for
+        handles opened before any handle has reported it, as Linux's errseq does)."""
         node.err_no = err
         node.err_seq += 1
+        node.err_reported = False
 
     def _report(self, h: Handle, what: str) -> None:
         """Raise the newest failure this handle has not reported yet (errseq)."""
         node = h.node
         if h.err_seen != node.err_seq:
             h.err_seen = node.err_seq
+            node.err_reported = True
             raise FsError(node.err_no, f"{what}: an earlier write of this file failed")
 
     def _settle(self, node: Node) -> None:
@@ -412,6 +417,7 @@ class Vfs:
                 self._failed(node, reply, what)
                 if h is not None:
                     h.err_seen = node.err_seq
+                    node.err_reported = True
                 raise FsError(reply.errno, reply.message)
             if node.err_seq == seq:
                 node.unsynced = False
@@ -477,13 +483,14 @@ class Vfs:
         return self.ns.allowed(node, mode, uid, gids)
 
     def worker_restarted(self, index: int) -> None:
-        """Its shared-memory maps were reset: read through it until writes republish them.
+        """A new process for worker `index`: read through it until writes republish maps.
 
-        What the dead worker had not made durable is reported, never hidden: a file
-        from the backup written since its last fsync may have lost block-map bits
-        (they reach the map only at fsync), so every handle open on it gets EIO at
-        its next fsync, its size comes back from the diff file, and the kernel's
-        cached pages of it are dropped.
+        Nothing it answered is lost: its data files keep every write, and the block-map
+        bits it had not synced are adopted from shared memory by the new process. Sizes
+        come back from the data files (writes in flight at the death failed with EIO).
+        Without shared memory (tests without a segment) a backup file written since its
+        last fsync has lost bits: every handle open on it, or opened before anyone saw
+        the failure, gets EIO at its next fsync, and the kernel's cache of it is dropped.
         """
         for node in list(self.ns.inodes.values()):
             if self.router.worker_of(node.ino) != index:
@@ -491,19 +498,17 @@ class Vfs:
             node.slot = -1
             if not node.unsynced or node.fid is None:
                 continue
-            node.unsynced = False
             try:
                 node.size = os.stat(data_path(self.objects, node.fid)).st_size
             except FileNotFoundError:
                 if node.origin is None:
                     node.size = 0
-            if node.origin is not None:
-                # A file created here keeps all it has in its data file; a backup file's
-                # block-map bits since its last fsync died with the worker.
+            if node.origin is not None and self.seg is None:
+                node.unsynced = False
                 self._fail(node, errno.EIO)
                 self.log(f"{self._name(node)}: writes not yet fsynced are lost "
                          f"(worker {index} died); its next fsync reports EIO")
-            self.on_lost(node.ino)
+                self.on_lost(node.ino)
 
     def close_fds(self) -> None:
         for fd in self.fds.values():
