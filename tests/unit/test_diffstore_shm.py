@@ -105,3 +105,31 @@ def test_stale_segments_of_dead_mounts_are_removed() -> None:
         for s in (mine, other):
             s.close()
             s.unlink()
+
+
+def test_a_new_process_adopts_the_unsynced_bits_of_the_dead_one(
+    tmp_path: Path, seg: Segment
+) -> None:
+    """Contract E3: bits a worker set but never synced are in its region; the next process
+    of that worker adopts them, so the blocks read as written, and its fsync makes them
+    durable. A bitmap that grows is written to its new place before the old is released."""
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    base = Base({"rel": random.Random(9).randbytes(4000 * BS)})
+    dead = ObjectStore(str(objects), base, BS, Region(seg, 0))
+    dead.write(1, "rel", 2 * BS, b"a" * BS)
+    dead.fsync(1, datasync=True)
+    dead.write(1, "rel", 5 * BS, b"b" * BS)  # answered, never synced
+    dead.write(1, "rel", 3999 * BS, b"c" * BS)  # grows the bitmap: a new place in the heap
+    region = Region(seg, 0)
+    inherited = region.inherited()
+    assert list(inherited) == [1]
+    region.reset()
+    fresh = ObjectStore(str(objects), base, BS, region, inherited=inherited)
+    assert fresh.read(1, "rel", 5 * BS, BS) == b"b" * BS
+    assert fresh.read(1, "rel", 3999 * BS, BS) == b"c" * BS
+    assert fresh.read(1, "rel", 4 * BS, BS) == base.files["rel"][4 * BS : 5 * BS]
+    fresh.fsync(1, datasync=True)
+    fresh.close_all()
+    bm = BlockMap.load(map_path(str(objects), 1))
+    assert bm.has(2) and bm.has(5) and bm.has(3999) and not bm.has(4)
