@@ -1,11 +1,16 @@
 """The frontend's side of the worker processes: start them, route, match replies.
 
-Content operations on inode i go to worker i % N over its stdin pipe; replies
-come back on its stdout pipe, matched by request id, so any number of requests
-can be in flight. `submit` enqueues synchronously (and usually writes the frame
-at once), so the order in which the frontend decides operations on an inode is
-the order its worker receives them: that is what makes per-inode FIFO hold
-end to end.
+`submit(key, request)` sends to worker `key % N` over its stdin pipe. The key is
+the inode for everything that must stay in order per inode (every request on a
+file that has a diff object: its worker owns it); reads of a file never written
+in this mount use `inode + (offset >> 20)`, so a large cold file is decoded by
+every worker (`Vfs.read`). Replies come back on the worker's stdout pipe,
+matched by request id, so any number of requests can be in flight. `submit`
+enqueues synchronously (and usually writes the frame at once), so the order in
+which the frontend decides operations on an inode is the order its worker
+receives them: that is what makes per-inode FIFO hold end to end. A watchdog
+kills a worker that leaves a request unanswered for `request_timeout`; a dead
+worker's requests fail with EIO and a new process takes its place.
 """
 
 from __future__ import annotations
