@@ -84,7 +84,8 @@ def types_in_readdir(d: Path) -> dict[str, str]:
     proc = subprocess.run(["find", os.fspath(d), "-mindepth", "1", "-maxdepth", "1",
                            "-printf", "%y %f\\n"], capture_output=True, text=True,
                           timeout=60, check=True)
-    return dict(reversed(line.split(" ", 1)) for line in proc.stdout.splitlines())
+    pairs = (line.split(" ", 1) for line in proc.stdout.splitlines())
+    return {name: kind for kind, name in pairs}
 
 
 def test_fifo_and_socket_nodes(env: tuple[Path, Path, Path]) -> None:
@@ -160,8 +161,8 @@ def test_names_that_are_not_utf8(env: tuple[Path, Path, Path]) -> None:
     with open(at(b"gone\xff"), "wb") as f:
         f.write(b"x")
     os.unlink(at(b"gone\xff"))
-    with open(at(b"dir", b"file"), "r+b") as f:  # a backup file, renamed to a byte name
-        f.write(b"CHANGED\n")
+    with open(at(b"dir", b"file"), "r+b") as rw:  # a backup file, renamed to a byte name
+        rw.write(b"CHANGED\n")
     os.rename(at(b"dir", b"file"), at(b"dir", b"file\xff"))
     want = sorted([b"d\xfe", b"dir"])
     assert sorted(os.listdir(root)) == want
@@ -207,5 +208,5 @@ def test_names_that_are_not_utf8(env: tuple[Path, Path, Path]) -> None:
     os.rmdir(at(b"d\xfe"))
     remount(mnt, diff, base)
     assert sorted(os.listdir(root)) == sorted([b"back\xff", b"dir"])
-    with open(at(b"back\xff"), "rb") as f:
-        assert f.read() == b"payload"
+    with open(at(b"back\xff"), "rb") as back:
+        assert back.read() == b"payload"
