@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -223,10 +222,9 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
 
             nursery.start_soon(answering)
             nursery.start_soon(vfs.housekeeping)
-            lost: trio.MemorySendChannel[int]
-            lost, lost_rx = trio.open_memory_channel[int](math.inf)
-            vfs.on_lost = lost.send_nowait
-            nursery.start_soon(_invalidate, lost_rx)
+            # The kernel's cached pages are not dropped when a write fails: invalidating
+            # waits in the kernel for pages under writeback that only this process can
+            # answer, and a kill -9 during that wait leaves the mount hung for good.
             try:
                 await pyfuse3.main()
             finally:
@@ -287,20 +285,6 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-async def _invalidate(inodes: trio.MemoryReceiveChannel[int]) -> None:
-    """Drop the kernel's cached pages of files whose unsynced data was lost.
-
-    Outside the request that noticed the loss, in a thread: the kernel may first
-    write dirty pages back to us, and a request handler must not wait for that.
-    """
-    async for ino in inodes:
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
-        except OSError as exc:  # the inode is no longer known to the kernel: nothing cached
-            if exc.errno != errno.ENOENT:
-                log_error(f"could not drop the kernel's cache of inode {ino}: {exc}")
 
 
 def describe_source(spec: SourceSpec) -> str:
