@@ -98,7 +98,6 @@ class Vfs:
         # the name is durable: (journal position, inode, object id).
         self.removals: list[tuple[int, int, int]] = []
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
-        self.on_lost: Callable[[int], None] = lambda _ino: None  # drop the kernel's cache
 
     # -- helpers -----------------------------------------------------------------
 
@@ -390,7 +389,6 @@ class Vfs:
         """Settle a write's reply: its slot, or its failure recorded for every handle."""
         if isinstance(reply, P.Err):
             self._failed(node, reply, f"write {self._name(node)} at {off}")
-            self.on_lost(node.ino)
             raise FsError(reply.errno, reply.message)
         if isinstance(reply, P.Done):
             node.slot = reply.slot
@@ -490,7 +488,7 @@ class Vfs:
         come back from the data files (writes in flight at the death failed with EIO).
         Without shared memory (tests without a segment) a backup file written since its
         last fsync has lost bits: every handle open on it, or opened before anyone saw
-        the failure, gets EIO at its next fsync, and the kernel's cache of it is dropped.
+        the failure, gets EIO at its next fsync.
         """
         for node in list(self.ns.inodes.values()):
             if self.router.worker_of(node.ino) != index:
@@ -508,7 +506,6 @@ class Vfs:
                 self._fail(node, errno.EIO)
                 self.log(f"{self._name(node)}: writes not yet fsynced are lost "
                          f"(worker {index} died); its next fsync reports EIO")
-                self.on_lost(node.ino)
 
     def close_fds(self) -> None:
         for fd in self.fds.values():

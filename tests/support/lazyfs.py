@@ -76,6 +76,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pbkfs.fsutil import pwrite_all
+
 PAGE = 4096
 TIMEOUT = 1.0  # entry and attribute cache of the kernel; every change goes through us anyway
 
@@ -99,14 +101,6 @@ class Dirty:
         self.cut = real_size
         self.pages: dict[int, bytearray] = {}
         self.lows: list[list[int]] = []  # lowest size since each snapshot being synced
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, off)
-        view = view[n:]
-        off += n
 
 
 def read_view(fd: int, d: Dirty | None, off: int, length: int) -> bytes:
@@ -195,7 +189,7 @@ def write_through(fd: int, d: Dirty, keep: random.Random | None = None) -> tuple
             dropped += 1
             continue
         img = d.pages[pg]
-        _pwrite_all(fd, memoryview(img)[:min(PAGE, d.size - pg * PAGE)], pg * PAGE)
+        pwrite_all(fd, memoryview(img)[:min(PAGE, d.size - pg * PAGE)], pg * PAGE)
         kept += 1
     if os.fstat(fd).st_size != d.size:
         os.ftruncate(fd, d.size)
