@@ -27,6 +27,7 @@ the backup's block b.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
@@ -113,9 +114,12 @@ class BlockMap:
         )
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.pwrite(fd, bytes(header), 0)
+            pwrite_all(fd, header, 0)
         except BaseException:
+            # No half-made map left behind (a full diff): a read must not take it for one.
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
         bm = cls(fd, path, origin, base_size, block_size, horizon, 1, bytearray())
         bm.dirty = True

@@ -257,8 +257,21 @@ class ObjectStore:
         return data
 
     def read(self, fid: int, origin: str | None, off: int, length: int) -> bytes:
+        with self._lock:
+            known = fid in self._objs
+        if not known and not self._on_disk(fid, origin):
+            # Nothing of this object reached the diff (its creation failed: a full diff).
+            # A read must not create it: it reads what a write never changed.
+            if origin is None:
+                return b""  # as an empty data file reads
+            return self.read_base(origin, self.base.base_size(origin), off, length)
         with self._using(fid, origin) as obj:
             return self._read(obj, off, length)
+
+    def _on_disk(self, fid: int, origin: str | None) -> bool:
+        """Whether the object's files exist (the map for a backup file, else the data)."""
+        path = map_path(self.dir, fid) if origin is not None else data_path(self.dir, fid)
+        return os.path.exists(path)
 
     def _read(self, obj: Obj, off: int, length: int) -> bytes:
         if off >= obj.size or length <= 0:

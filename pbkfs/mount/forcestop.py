@@ -12,8 +12,9 @@ between is never confused with whoever gets its number next. A background mount'
 frontend leads its own session and process group, which then holds exactly the mount:
 one killpg stops all of it at once, and no worker is restarted in between. A foreground
 frontend shares its caller's group: it is stopped first (no restarts), its workers are
-killed, then the frontend. Then the mount is detached lazily if the kernel still lists
-it, and its segment, record and control socket are removed.
+killed, then the frontend. Before any signal, the mount's FUSE connection is aborted (a
+thread waiting in the kernel on it survives SIGKILL otherwise). Then the mount is detached
+lazily if the kernel still lists it, and its segment, record and control socket are removed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 import msgspec
 
 from pbkfs.errors import UsageError
+from pbkfs.mount.kerneltune import FUSECTL, abort_connection
 from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.runtime import RuntimeRecord, frontend_alive, sweep_stale
 from pbkfs.proc import cmdline, pids, proc_stat
@@ -133,6 +135,12 @@ def stop_hard(rec: RuntimeRecord) -> list[str]:
         if front is not None and pinned.pin(front) is not None and frontend_of(rec) == front:
             workers = [w for w in workers_of(rec, front) if pinned.pin(w) is not None]
             workers = [w for w in workers if w in workers_of(rec, front)]  # pinned, rechecked
+            # The connection first: a thread stuck in the kernel on it (waiting for
+            # writeback only this mount answers) survives SIGKILL and holds /dev/fuse, so
+            # the connection would never end. Checked alive and pinned, the frontend still
+            # holds the connection: the name in its record is its own.
+            if abort_connection(rec.conn):
+                notes.append(f"aborted the mount's FUSE connection {FUSECTL}/{rec.conn}")
             if _leads_own_group(front):
                 with contextlib.suppress(ProcessLookupError):  # all of the mount at once
                     os.killpg(front, signal.SIGKILL)

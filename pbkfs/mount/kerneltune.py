@@ -13,9 +13,42 @@ _logger = logging.getLogger("pbkfs.mount")
 
 
 def mount_device(mnt: str) -> str | None:
-    """major:minor of the mount at `mnt`, from mountinfo (never stat our own mount)."""
+    """major:minor of the mount at `mnt` (the top one), from mountinfo (never stat our own
+    mount)."""
     at = mounts_at(mnt)
-    return at[0].device if at else None
+    return at[-1].device if at else None
+
+
+def connection_of(mnt: str) -> str:
+    """The FUSE connection's name under /sys/fs/fuse/connections (the device's minor)."""
+    dev = mount_device(mnt)
+    return dev.split(":")[1] if dev else ""
+
+
+def _fusectl_ready(conn: str) -> bool:
+    if not os.path.isdir(os.path.join(FUSECTL, conn)):
+        try:  # fusectl is not always mounted; root can mount it
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True,
+                           timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return os.path.isdir(os.path.join(FUSECTL, conn))
+
+
+def abort_connection(conn: str) -> bool:
+    """Abort a FUSE connection: every request waiting on it fails at once.
+
+    The only way out for a process stuck in the kernel on a mount whose server cannot
+    answer (a thread in D state keeps the server's /dev/fuse open, so killing the server
+    alone never ends the connection)."""
+    if not conn or not _fusectl_ready(conn):
+        return False
+    try:
+        with open(os.path.join(FUSECTL, conn, "abort"), "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
 
 
 # read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers
@@ -33,16 +66,11 @@ CONNECTION_SETTINGS = {"max_background": str(MAX_BACKGROUND),
 
 def tune_connection(mnt: str) -> None:
     """More background requests per mount, through the fusectl file system (root only)."""
-    dev = mount_device(mnt)
-    if dev is None:
+    minor = connection_of(mnt)
+    if not minor:
         return
-    if not os.path.isdir(os.path.join(FUSECTL, dev.split(":")[1])):
-        try:  # fusectl is not always mounted; root can mount it
-            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True,
-                           timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    conn = os.path.join(FUSECTL, dev.split(":")[1])
+    _fusectl_ready(minor)
+    conn = os.path.join(FUSECTL, minor)
     for name, value in CONNECTION_SETTINGS.items():
         try:
             with open(os.path.join(conn, name), "w") as f:

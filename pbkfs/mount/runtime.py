@@ -35,6 +35,7 @@ class RuntimeRecord(msgspec.Struct):
     control: str = ""  # Unix socket answering `pbkfs stat` (pbkfs.mount.controlsocket)
     started: int = 0  # the frontend's start time (pbkfs.proc): tells it from a reused pid
     sid: int = 0  # the frontend's session, which its workers share
+    conn: str = ""  # its FUSE connection under /sys/fs/fuse/connections (`unmount --force`)
 
 
 def runtime_dir() -> str:

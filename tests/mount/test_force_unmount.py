@@ -238,6 +238,12 @@ def test_force_finds_a_hung_lazily_detached_mount_by_its_record(
     res = pbkfs("unmount", "-D", str(mnt), "--force", timeout=UNMOUNT_TIMEOUT, check=False)
     assert res.returncode == 0, res.stderr
     assert str(rec.pid) in res.stdout, res.stdout  # it says which process it stopped
+    # The connection is aborted before any signal: a thread of the mount stuck in the kernel
+    # on it would survive SIGKILL and keep the connection (and every waiter) forever.
+    assert rec.conn, "the runtime record names the mount's FUSE connection"
+    assert f"aborted the mount's FUSE connection /sys/fs/fuse/connections/{rec.conn}" in \
+        res.stdout, res.stdout
+    assert not os.path.exists(f"/sys/fs/fuse/connections/{rec.conn}/abort")
     assert mount_processes(work) == [], "a process of the mount is still alive"
     writer.wait(timeout=30)  # no longer blocked: its request failed with the mount
     assert runtime_files(mnt, rec.shm) == []

@@ -6,6 +6,7 @@ Regression tests for the defects the earlier write-behind design had (docs/CONTR
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import subprocess
@@ -137,3 +138,32 @@ def test_full_diff_is_an_error_that_names_the_diff_and_heals(
     with mounted(mnt, diff, plain=base):
         assert (mnt / "kept").read_bytes() == b"k" * 100_000
         assert (mnt / "after").read_bytes() == b"a" * 10_000
+
+
+def test_failed_write_is_not_served_from_the_kernel_cache(
+    work: Path, base: Path, small_fs: Path
+) -> None:
+    """A write of a backup file that the full diff cannot hold fails at fsync; a file
+    opened afterwards reads the backup's bytes, not the lost ones the kernel still
+    cached (issue: "after such a loss the kernel cache still shows the lost data")."""
+    mnt, diff = work / "mnt", small_fs / "diff"
+    with mounted(mnt, diff, plain=base):
+        subprocess.run(["timeout", "300", "dd", "if=/dev/zero", f"of={mnt}/filler", "bs=1M",
+                        "count=100", "conv=fsync"], capture_output=True, check=False)
+        # What is left of the tmpfs is less than an 8 KiB block: the next new block fails.
+        with contextlib.suppress(OSError):
+            while True:
+                with open(mnt / "filler", "ab") as f:
+                    f.write(bytes(4096))
+                    f.flush()
+                    os.fsync(f.fileno())
+        fd = os.open(mnt / "dir" / "file", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"LOST" * 1000, 0)
+            with pytest.raises(OSError) as failed:
+                os.fsync(fd)
+            assert failed.value.errno == errno.ENOSPC
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        assert (mnt / "dir" / "file").read_bytes() == b"content\n" * 1000

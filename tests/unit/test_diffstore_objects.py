@@ -255,3 +255,32 @@ def test_fsync_of_an_object_this_process_never_opened_still_syncs(
     fresh.fsync(1, datasync=True)
     assert os.path.realpath(data_path(fresh.dir, 1)) in synced
     assert os.path.realpath(map_path(fresh.dir, 1)) in synced
+
+
+def test_read_of_an_object_never_made_creates_nothing(tmp_path: Path, base: FakeBase) -> None:
+    """A read of an object whose creation failed (a full diff) reads the backup and makes
+    no file: on a full diff creating one would fail the read too."""
+    s = store(tmp_path, base)
+    assert s.read(7, "rel", BS, 2 * BS) == base.files["rel"][BS : 3 * BS]
+    assert s.read(8, None, 0, 100) == b""
+    assert not os.path.exists(map_path(s.dir, 7))
+    assert not os.path.exists(data_path(s.dir, 7))
+    assert not os.path.exists(data_path(s.dir, 8))
+
+
+def test_map_whose_creation_failed_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BlockMap.create that cannot write its header (ENOSPC) removes the empty file."""
+    import errno
+
+    import pbkfs.diff.blockmap as blockmap
+
+    def full(fd: int, data: object, off: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(blockmap, "pwrite_all", full)
+    path = str(tmp_path / "3.map")
+    with pytest.raises(OSError):
+        BlockMap.create(path, "rel", 5 * BS, BS)
+    assert not os.path.exists(path)
