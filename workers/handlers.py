@@ -40,7 +40,8 @@ class Handlers:
                 if req.origin is None:
                     return P.Data(req.rid, b"")
                 return P.Data(req.rid, s.read_base(req.origin, req.size, req.off, req.length))
-            return P.Data(req.rid, s.read(req.fid, req.origin, req.off, req.length))
+            data = s.read(req.fid, req.origin, req.off, req.length)
+            return P.Data(req.rid, data, s.slot_of(req.fid))
         if isinstance(req, P.Write):
             obj = s.write(req.fid, req.origin, req.off, req.data)
             return P.Done(req.rid, obj.size, obj.slot)

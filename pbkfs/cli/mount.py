@@ -31,8 +31,11 @@ from pbkfs.view.source import SourceSpec
               "config, else the mount point's owner).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
               help="Configuration file (default: $PBKFS_CONFIG, else /etc/pbkfs/pbkfs.toml).")
-@click.option("--local-wal", is_flag=True,
-              help="Keep pg_wal in a plain directory of the diff (pg_wal becomes a symlink).")
+@click.option("--local-wal/--wal-through-mount", "local_wal", default=None,
+              help="Where pg_wal lives: a plain directory of the diff, pg_wal a symlink to it "
+              "(the default for a new diff of a data directory: WAL writes and fsyncs never "
+              "wait on the mount), or inside the mount like every other file. A diff keeps "
+              "the layout it was made with.")
 @click.option("--perf-unsafe", is_flag=True,
               help="fsync does nothing until unmount (a crash can lose acknowledged commits); "
               "the diff is marked dirty while mounted.")
@@ -61,7 +64,7 @@ def mount(
     workers: int | None,
     owner: str | None,
     config_file: str | None,
-    local_wal: bool,
+    local_wal: bool | None,
     perf_unsafe: bool,
     no_wal: bool,
     force: bool,

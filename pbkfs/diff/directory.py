@@ -6,7 +6,7 @@
   lock             flock'd by the live mount; JSON: pid, host, mount point
   ns/              namespace journal and snapshots (journal.py)
   objects/         <fid> data files and <fid>.map block maps (diffstore.py)
-  wal/             pg_wal when the mount was made with --local-wal
+  wal/             pg_wal (bind-mounted over the mount's pg_wal, or its symlink's target)
   pbkfs.log        log of background mounts
 ```
 
@@ -40,6 +40,7 @@ class Binding(msgspec.Struct):
     local_wal: bool = False
     format: int = FORMAT
     resumable: bool = True  # False once mounted with --no-wal (pbkfs.diff.durability)
+    wal_bind: bool = False  # local_wal: wal/ bind-mounted over pg_wal (else pg_wal a symlink)
 
 
 class LockInfo(msgspec.Struct):
@@ -162,19 +163,20 @@ class DiffDir:
         except msgspec.DecodeError as exc:
             raise UsageError(f"{self.binding_path}: not a pbkfs binding ({exc})") from None
 
-    def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool,
-             resumable: bool = True) -> Binding:
+    def bind(self, spec: SourceSpec, chain: list[str], local_wal: bool | None,
+             resumable: bool = True, wal_bind: bool = False) -> Binding:
         """Check the existing binding against `spec`, or write a new one."""
         existing = self.check_binding(spec, chain, local_wal)
         if existing is not None:
             return existing
+        assert local_wal is not None, "a new binding needs a resolved WAL layout"
         b = Binding(spec, chain, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time_ns(), local_wal,
-                    resumable=resumable)
+                    resumable=resumable, wal_bind=wal_bind and local_wal)
         write_atomic(self.binding_path, msgspec.json.encode(b))
         return b
 
     def check_binding(
-        self, spec: SourceSpec, chain: list[str], local_wal: bool
+        self, spec: SourceSpec, chain: list[str], local_wal: bool | None
     ) -> Binding | None:
         """The existing binding if `spec` may use this diff (raises if not); None if unbound."""
         existing = self.read_binding()
@@ -192,10 +194,10 @@ class DiffDir:
                     f"the diff was made ({' <- '.join(existing.chain)} then, "
                     f"{' <- '.join(chain)} now)"
                 )
-            if existing.local_wal != local_wal:
-                have = "with" if existing.local_wal else "without"
+            if local_wal is not None and existing.local_wal != local_wal:
+                have = "--local-wal" if existing.local_wal else "--wal-through-mount"
                 raise UsageError(
-                    f"diff directory {self.path} was made {have} --local-wal; "
-                    f"mount it the same way"
+                    f"diff directory {self.path} was made with {have}; "
+                    f"mount it the same way (or without either flag)"
                 )
         return existing

@@ -268,6 +268,12 @@ class ObjectStore:
         with self._using(fid, origin) as obj:
             return self._read(obj, off, length)
 
+    def slot_of(self, fid: int) -> int:
+        """The object's shared-memory slot (-1: not open, or not mirrored)."""
+        with self._lock:
+            obj = self._objs.get(fid)
+            return obj.slot if obj is not None else -1
+
     def _on_disk(self, fid: int, origin: str | None) -> bool:
         """Whether the object's files exist (the map for a backup file, else the data)."""
         path = map_path(self.dir, fid) if origin is not None else data_path(self.dir, fid)

@@ -3,7 +3,8 @@
 * postgresql.auto.conf gets the mount's PostgreSQL settings (conf/postgresql.pbkfs.conf,
   plus what an in-place tablespace needs), and recovery settings when recovery is asked;
 * the files restore creates for recovery (recovery.signal);
-* with --local-wal, pg_wal becomes a symlink to a plain directory in the diff.
+* pg_wal's WAL is copied to a plain directory of the diff, which the mount binds over
+  pg_wal (or, for diffs made so before, pg_wal becomes a symlink to it).
 
 The caller persists the result as a snapshot right after.
 """
@@ -21,10 +22,12 @@ from pbkfs.view.source import Source
 
 
 def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid: int,
-                    target: str = "") -> None:
-    """First mount with --local-wal: pg_wal becomes a symlink to <diff>/wal (a copy).
+                    target: str = "", bind: bool = False) -> None:
+    """First mount with pg_wal in the diff: the backup's pg_wal copied to <diff>/wal.
 
-    With `target` (--no-wal), the copy goes there instead: a scratch directory.
+    With `bind`, pg_wal stays an (empty) directory of the tree that the mount covers
+    with a bind mount of <diff>/wal (pbkfs.mount.walbind); else it becomes a symlink to
+    it. With `target` (--no-wal), the copy goes there instead: a scratch directory.
     """
     wal = target or diff.wal
     try:
@@ -74,8 +77,13 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
     fsync_dir(os.path.dirname(os.path.abspath(wal)))
     ns.replaying = True
     try:
-        link = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=wal)
-        link.lookups = 0
+        if bind:
+            mode = node.mode if node is not None and node.kind == "d" else 0o700
+            os.chmod(wal, mode)
+            made = ns.create(ns.root.ino, "pg_wal", "d", mode, uid, gid)
+        else:
+            made = ns.create(ns.root.ino, "pg_wal", "l", 0o777, uid, gid, target=wal)
+        made.lookups = 0
     finally:
         ns.replaying = False
 

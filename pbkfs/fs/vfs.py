@@ -376,6 +376,8 @@ class Vfs:
         call = self.router.submit(route, req)
         reply = self._reply(await call.wait(), f"read {self._name(node)} at {off}")
         assert isinstance(reply, P.Data)
+        if fid is not None and reply.slot >= 0 and node.fid == fid:
+            node.slot = reply.slot  # later reads of its diff blocks: from shared memory
         self.stats.bytes_read += len(reply.data)
         return reply.data
 

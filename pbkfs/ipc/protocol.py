@@ -93,9 +93,12 @@ class Ready(Msg, tag="ready"):
 
 
 class Data(Msg, tag="data"):
-    """Bytes of a Read."""
+    """Bytes of a Read; `slot` as in Done (the object's shared-memory entry, -1: none), so
+    after a remount or a worker restart the first read of an object teaches the frontend
+    where its bits are and later reads of its diff blocks need no worker."""
 
     data: bytes
+    slot: int = -1
 
 
 class Done(Msg, tag="done"):

@@ -25,6 +25,7 @@ from pbkfs.mount.forcestop import processes_of, stop_hard
 from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.options import MountOptions
 from pbkfs.mount.runtime import frontend_alive, read_record, sweep_stale
+from pbkfs.mount.walbind import release_submounts
 from pbkfs.proc import proc_stat
 
 
@@ -142,7 +143,12 @@ def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> lis
             os.stat(mnt)
         except OSError as exc:
             broken = exc.errno == errno.ENOTCONN  # the mount process is gone
-    res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    # pg_wal's bind mount first (busy while PostgreSQL has WAL open, like the mount).
+    sub_busy = release_submounts(mnt, lazy=False) if not broken else ""
+    if broken:
+        release_submounts(mnt, lazy=True)
+    res = (subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+           if not sub_busy else subprocess.CompletedProcess([], 1, "", f"{sub_busy} (busy)"))
     if res.returncode != 0:
         err = res.stderr.strip()
         if "busy" in err.lower():

@@ -32,6 +32,7 @@ from pbkfs.errors import UsageError
 from pbkfs.mount.kerneltune import FUSECTL, abort_connection
 from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.runtime import RuntimeRecord, frontend_alive, sweep_stale
+from pbkfs.mount.walbind import release_submounts, submounts
 from pbkfs.proc import cmdline, pids, proc_stat
 
 KILL_WAIT = 30.0  # seconds for SIGKILLed processes to be gone
@@ -168,6 +169,10 @@ def stop_hard(rec: RuntimeRecord) -> list[str]:
                              f"{rec.mountpoint} did not exit within {KILL_WAIT:.0f} s of SIGKILL")
     finally:
         pinned.close()
+    subs = submounts(rec.mountpoint)
+    if subs:
+        release_submounts(rec.mountpoint, lazy=True)
+        notes.append(f"detached {', '.join(subs)} lazily")
     if is_mounted(rec.mountpoint):
         res = subprocess.run(["fusermount3", "-u", "-z", rec.mountpoint], capture_output=True,
                              text=True, timeout=60, check=False)

@@ -53,7 +53,7 @@ from pbkfs.mount.checks import (
     resolve_owner,
 )
 from pbkfs.mount.fuseops import Operations
-from pbkfs.mount.kerneltune import tune_bdi, tune_connection
+from pbkfs.mount.kerneltune import connection_of, tune_bdi, tune_connection
 from pbkfs.mount.options import MountOptions
 from pbkfs.mount.runtime import (
     RuntimeRecord,
@@ -63,6 +63,7 @@ from pbkfs.mount.runtime import (
     write_record,
 )
 from pbkfs.mount.stats import MountStats
+from pbkfs.mount.walbind import bind_wal, release_submounts
 from pbkfs.proc import start_time
 from pbkfs.view.source import Source, SourceSpec, open_source
 
@@ -89,6 +90,8 @@ class Prepared:
         self.uid = 0
         self.gid = 0
         self.scratch = ""  # --no-wal: where pg_wal lives while mounted
+        self.local_wal = False  # pg_wal in <diff>/wal (resolved from the options and binding)
+        self.wal_bind = False  # ... bind-mounted over the mount's pg_wal (pbkfs.mount.walbind)
 
 
 def prepare(opts: MountOptions) -> Prepared:
@@ -103,13 +106,15 @@ def prepare(opts: MountOptions) -> Prepared:
         raise UsageError("the diff directory must not be inside the mount point")
     p.source = open_source(opts.source, opts.caches)
     check_entries(p.source)
-    if opts.no_wal and opts.local_wal:
-        raise UsageError("--no-wal and --local-wal exclude each other")
+    if opts.no_wal and opts.local_wal is not None:
+        raise UsageError("--no-wal excludes --local-wal and --wal-through-mount")
+    bound = None
     if os.path.isdir(diff.path):  # refuse a foreign diff before touching anything in it
         bound = diff.check_binding(opts.source, p.source.chain_ids(), opts.local_wal)
         if opts.no_wal and bound is not None:
             raise UsageError(f"--no-wal needs a new diff directory; {diff.path} already "
                              "holds a resumable diff (its WAL would be lost)")
+    p.local_wal = wal_layout(opts, bound.local_wal if bound else None, p.source)
     diff.create()
     diff.lock()
     try:
@@ -126,10 +131,22 @@ def prepare(opts: MountOptions) -> Prepared:
     return p
 
 
+def wal_layout(opts: MountOptions, bound: bool | None, source: Source) -> bool:
+    """Whether pg_wal lives in a plain directory of the diff (the default for a data
+    directory: PostgreSQL's WAL writes and fsyncs then never wait on the mount; a diff made
+    before keeps the layout it was made with)."""
+    if opts.local_wal is not None:
+        return opts.local_wal
+    if bound is not None:
+        return bound
+    return not opts.no_wal and source.is_data_directory()
+
+
 def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> None:
     p.diff = diff
-    binding = diff.bind(opts.source, p.source.chain_ids(), opts.local_wal,
-                        resumable=not opts.no_wal)
+    binding = diff.bind(opts.source, p.source.chain_ids(), p.local_wal,
+                        resumable=not opts.no_wal, wal_bind=os.geteuid() == 0)
+    p.wal_bind = binding.local_wal and binding.wal_bind
     jdir = JournalDir(diff.ns)
     snap, records = jdir.load()
     ns, replayed = open_namespace(diff, p.source, binding.base_time_ns, snap, records,
@@ -144,8 +161,8 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
                                   rec.auto_conf_append if rec else b"")
             if rec is not None and (rec.create or rec.options):
                 create_recovery_files(ns, diff, p.source, p.uid, p.gid, rec)
-        if opts.local_wal:
-            setup_local_wal(ns, diff, p.source, p.uid, p.gid)
+        if p.local_wal:
+            setup_local_wal(ns, diff, p.source, p.uid, p.gid, bind=p.wal_bind)
         elif opts.no_wal:
             p.scratch = make_scratch(p.uid, p.gid)
             setup_local_wal(ns, diff, p.source, p.uid, p.gid, target=p.scratch)
@@ -202,7 +219,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
             ctl = control_path(mnt)
             os.makedirs(os.path.dirname(ctl), mode=0o700, exist_ok=True)
             record = RuntimeRecord(os.getpid(), mnt, p.diff.path, shm_name, router.pids(), ctl,
-                                   started=start_time(os.getpid()), sid=os.getsid(0))
+                                   started=start_time(os.getpid()), sid=os.getsid(0),
+                                   conn=connection_of(mnt))
             write_record(record)
             nursery.start_soon(_signals, mnt)
             stats = MountStats(ops, vfs, router, p.diff.path)
@@ -216,6 +234,13 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 if opts.tune_writeback:
                     tune_bdi(mnt)
                     tune_connection(mnt)
+                if p.wal_bind:
+                    try:
+                        # In a thread: the kernel looks pg_wal up through this mount.
+                        await trio.to_thread.run_sync(bind_wal, p.diff.wal, mnt)
+                    except OSError as exc:
+                        ready(str(exc))
+                        raise
                 ready(None)
                 log(f"mounted {describe_source(opts.source)} at {mnt} "
                     f"({opts.workers} workers, diff {p.diff.path})")
@@ -254,6 +279,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         status = 1
     finally:
         if mounted:
+            if status != 0:
+                release_submounts(mnt, lazy=True)  # else the unmount below is refused
             pyfuse3.close(unmount=status != 0)
         vfs.close_fds()
         if ops.counts:
@@ -298,6 +325,10 @@ async def _signals(mnt: str) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
         async for sig in sigs:
             log(f"signal {signal.Signals(sig).name}: unmounting {mnt}")
+            busy = await trio.to_thread.run_sync(release_submounts, mnt, False)
+            if busy:
+                log(f"unmount refused ({busy}); still serving")
+                continue
             res = await trio.to_thread.run_sync(
                 lambda: subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
             )

@@ -19,7 +19,9 @@ class MountOptions(msgspec.Struct):
     diff: str
     workers: int
     owner: str | None = None
-    local_wal: bool = False
+    # pg_wal in a plain directory of the diff: True, False (through the mount), or None:
+    # the default (plain for a data directory's first mount; as bound for a diff made before)
+    local_wal: bool | None = None
     writeback: bool = True
     threads: int = 8
     foreground: bool = False

@@ -102,6 +102,10 @@ class Source:
             raise FileNotFoundError(path)
         return int(e.size)
 
+    def is_data_directory(self) -> bool:
+        """Does the tree hold a PostgreSQL data directory (PG_VERSION at its root)?"""
+        return self.view.entry("PG_VERSION") is not None
+
     def chain_ids(self) -> list[str]:
         return [b.id for b in getattr(self.view, "chain", [])]
 

@@ -812,7 +812,9 @@ def serve(root: str, mnt: str, control: str) -> int:
             nursery.cancel_scope.cancel()
 
     os.umask(0)
-    pyfuse3.init(ops, mnt, {"fsname=lazyfs", "subtype=lazyfs", "default_permissions"})
+    # allow_other: PostgreSQL (its own user) reaches pg_wal, the diff's wal/ bound there.
+    pyfuse3.init(ops, mnt, {"fsname=lazyfs", "subtype=lazyfs", "default_permissions",
+                            "allow_other"})
     try:
         trio.run(main)
     finally:
