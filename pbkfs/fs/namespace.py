@@ -71,7 +71,6 @@ class Node:
         "err_seq",
         "unsynced",
         "err_reported",
-        "cache_stale",
     )
 
     def __init__(self, ino: int, kind: str, mode: int, uid: int, gid: int, t_ns: int) -> None:
@@ -102,7 +101,6 @@ class Node:
         self.err_seq = 0  # how many failures so far: each open handle reports each once
         self.unsynced = False  # written since its last fsync
         self.err_reported = True  # the newest failure has reached some handle already
-        self.cache_stale = False  # the kernel's page cache may hold bytes a failed write lost
 
     @property
     def st_mode(self) -> int:

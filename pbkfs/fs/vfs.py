@@ -157,7 +157,6 @@ class Vfs:
         node.err_no = err
         node.err_seq += 1
         node.err_reported = False
-        node.cache_stale = True
 
     def _report(self, h: Handle, what: str) -> None:
         """Raise the newest failure this handle has not reported yet (errseq)."""
@@ -323,19 +322,6 @@ class Vfs:
                 await self.release(fh)
                 raise
         return fh
-
-    def keep_cache(self, fh: int) -> bool:
-        """Whether the kernel may keep its cached pages of this file at this open.
-
-        After a failed write the kernel's cache still holds the bytes that were lost. They
-        are dropped by the next open (the opener's thread waits for writeback, never this
-        process: an invalidation sent from here could wait on writeback only this process
-        answers). Descriptors open at the failure report it at their next fsync/close."""
-        node = self.handles[fh].node
-        if node.cache_stale:
-            node.cache_stale = False
-            return False
-        return True
 
     def create(
         self, parent: int, name: str, mode: int, flags: int, uid: int, gid: int

@@ -353,7 +353,9 @@ def run(opts: MountOptions, ready: Callable[[str | None], None], background: boo
         ready(str(exc))
         return 2
     except OSError as exc:
-        ready(f"{exc.filename or ''}: {os.strerror(exc.errno or errno.EIO)}")
+        # Writes without a file name are the diff's (binding, journal, snapshot).
+        where = exc.filename or f"the diff directory {opts.diff}"
+        ready(f"{where}: {os.strerror(exc.errno or errno.EIO)} (preparing the mount)")
         return 2
     return serve(opts, p, ready)
 

@@ -4,8 +4,8 @@ Converts names (bytes <-> str, UTF-8 with surrogateescape: `pbkfs.fsutil`, so
 any bytes but '/' and NUL make a name), attributes (Node -> EntryAttributes)
 and errors (FsError -> FUSEError). Cache policy lives here because it is
 FUSE's: long entry and attribute timeouts (every change goes through this
-process, so the kernel's copy never goes stale), `keep_cache` on open (except
-the first open after a failed write: `Vfs.keep_cache`), and the writeback cache.
+process, so the kernel's copy never goes stale), `keep_cache` on open (also after
+a failed write: docs/CONTRACT.md E5), and the writeback cache.
 """
 
 from __future__ import annotations
@@ -196,8 +196,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh = await self.vfs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.vfs.keep_cache(fh))
+        return pyfuse3.FileInfo(fh=await self.vfs.open(inode, flags), keep_cache=True)
 
     @_errors
     async def create(

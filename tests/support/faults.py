@@ -152,6 +152,28 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float 
 
 # -- PostgreSQL on a mount ---------------------------------------------------------------
 
+def postgres_states() -> str:
+    """`pid state wchan cmdline` of every postgres process: who waits where."""
+    lines = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{entry}/wchan") as f:
+                wchan = f.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        lines.append(f"{entry} {state} {wchan} {cmd}")
+    return "\n".join(lines)
+
+
 class Server:
     """A PgCluster on a mount plus what a fault test needs: the postmaster's pid (a dead
     mount cannot show postmaster.pid), bounded probes, and a stop that always works."""
@@ -194,8 +216,11 @@ class Server:
             return False
 
     def wait_serving(self, timeout: float = 90) -> float:
-        return wait_until(self.serving, timeout,
-                          f"PostgreSQL serving again; log:\n{self.pg.log_tail(3000)}", 0.3)
+        try:
+            return wait_until(self.serving, timeout, "PostgreSQL serving again", 0.3)
+        except AssertionError as exc:  # what the server and its processes did meanwhile
+            raise AssertionError(f"{exc}; processes:\n{postgres_states()}\nlog:\n"
+                                 f"{self.pg.log_tail(4000)}") from None
 
     def log(self) -> str:
         try:
