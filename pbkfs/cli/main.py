@@ -1,40 +1,48 @@
-"""The `pbkfs` command: a click group; each subcommand lives in its own module."""
+"""The `pbkfs` command: a click group; each subcommand lives in its own module.
+
+Subcommands are imported when used: `pbkfs mount` does not pay for the imports of `show`
+or `verify` (the mount command's start-up time is part of what a user waits for)."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from pbkfs import __version__
 
+COMMANDS = {
+    "archive-get": "pbkfs.cli.archive_get:archive_get",
+    "show": "pbkfs.cli.show:show",
+    "verify": "pbkfs.cli.verify:verify",
+    "mount": "pbkfs.cli.mount:mount",
+    "unmount": "pbkfs.cli.mount:unmount",
+    "cleanup": "pbkfs.cli.cleanup:cleanup",
+    "stat": "pbkfs.cli.stat:stat",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pbkfs")
 def cli() -> None:
     """Mount pg_probackup backups as live, writable PostgreSQL data directories."""
-
-
-from pbkfs.cli.archive_get import archive_get  # noqa: E402
-from pbkfs.cli.show import show  # noqa: E402
-from pbkfs.cli.verify import verify  # noqa: E402
-
-cli.add_command(archive_get)
-cli.add_command(show)
-cli.add_command(verify)
-
-from pbkfs.cli.mount import mount, unmount  # noqa: E402
-
-cli.add_command(mount)
-cli.add_command(unmount)
-
-from pbkfs.cli.cleanup import cleanup  # noqa: E402
-
-cli.add_command(cleanup)
-
-from pbkfs.cli.stat import stat  # noqa: E402
-
-cli.add_command(stat)
 
 
 def main() -> None:
