@@ -18,6 +18,7 @@ from pbkfs.diff.sharedmaps import Region, Segment
 from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.logsetup import setup_logging
+from pbkfs.memtrim import start_trimmer
 from pbkfs.view.source import open_source
 from workers.handlers import Handlers
 from workers.loop import Worker, log_line
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> int:
                         inherited=inherited)
     worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
     worker.send(P.Ready(0, os.getpid(), spec.index))
+    start_trimmer(lambda: worker.requests)
     return worker.run()
 
 

@@ -40,6 +40,7 @@ class Worker:
         self.wfd = wfd
         self.index = index
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pbkfs-io")
+        self.requests = 0
         self.queues: dict[int, deque[P.Request]] = {}
         self.qlock = threading.Lock()
         self.wlock = threading.Lock()
@@ -66,6 +67,7 @@ class Worker:
             self.send(reply)
 
     def submit(self, req: P.Request) -> None:
+        self.requests += 1  # work done, for the heap trimmer (pbkfs.memtrim)
         ino = getattr(req, "ino", 0)
         with self.qlock:
             q = self.queues.get(ino)

@@ -45,6 +45,7 @@ from pbkfs.fs.namespace import Namespace
 from pbkfs.fs.settle import collect_garbage, open_namespace
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
+from pbkfs.memtrim import start_trimmer
 from pbkfs.mount import controlsocket as control
 from pbkfs.mount.checks import (
     check_entries,
@@ -247,6 +248,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
 
             nursery.start_soon(answering)
             nursery.start_soon(vfs.housekeeping)
+            st = vfs.stats
+            start_trimmer(lambda: st.reads_hot + st.reads_worker + st.writes)
             # The kernel's cached pages are not dropped when a write fails: invalidating
             # waits in the kernel for pages under writeback that only this process can
             # answer, and a kill -9 during that wait leaves the mount hung for good.
