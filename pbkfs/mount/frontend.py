@@ -231,10 +231,6 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                 # The kernel's INIT has been answered: the mount works, and the kernel has
                 # set up its per-mount settings (which the INIT reply would overwrite).
                 await ops.initialized.wait()
-                await trio.sleep(0.05)
-                if opts.tune_writeback:
-                    tune_bdi(mnt)
-                    tune_connection(mnt)
                 if p.wal_bind:
                     try:
                         # In a thread: the kernel looks pg_wal up through this mount.
@@ -243,6 +239,12 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                         ready(str(exc))
                         raise
                 ready(None)
+                # Tuning is not needed to answer: done after `pbkfs mount` returned. The
+                # INIT reply sets the kernel's per-mount values, so this waits for it first.
+                await trio.sleep(0.05)
+                if opts.tune_writeback:
+                    tune_bdi(mnt)
+                    tune_connection(mnt)
                 log(f"mounted {describe_source(opts.source)} at {mnt} "
                     f"({opts.workers} workers, diff {p.diff.path})")
 
