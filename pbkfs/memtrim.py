@@ -13,14 +13,13 @@ keeps the fast path and returns what is free.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 import time
 from collections.abc import Callable
 
 _trim: Callable[[int], int] | None = None
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+try:  # glibc's soname first: find_library may run ldconfig (a process per start-up)
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     _trim = _libc.malloc_trim
     _trim.argtypes = [ctypes.c_size_t]
     _trim.restype = ctypes.c_int
