@@ -72,6 +72,11 @@ def to_text(f: dict[str, Any]) -> str:
                  f"journal syncs {f.get('journal_syncs', 0)}")
     lines.append(f"inodes  {f.get('inodes', 0)}  open files {f.get('open_files', 0)}  "
                  f"diff {f.get('diff_bytes', 0)} bytes")
+    cpu = f.get("cpu", {})
+    lines.append(f"cpu     frontend {cpu.get('frontend_s', 0)} s "
+                 f"({cpu.get('frontend_us_per_request', 0)} us per request), workers "
+                 f"{cpu.get('workers_s', 0)} s ({cpu.get('workers_us_per_request', 0)} us per "
+                 f"request), {cpu.get('requests', 0)} requests")
     lines.append("")
     lines.append(f"{'operation':<14}{'count':>10}{'mean us':>12}{'p50 us':>12}{'p99 us':>12}")
     for name, op in sorted(f.get("operations", {}).items()):

@@ -21,6 +21,8 @@ class MountStats:
         self.diff = diff
         self.started = time.time()
         self.since = time.time()
+        self.cpu_base = self._cpu()  # CPU seconds of the frontend and of every worker pid
+        self.requests_base = 0
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd", "stat") != "stat":
@@ -46,6 +48,7 @@ class MountStats:
                 for c in self.router.conns
             ],
             "diff_bytes": _allocated(os.path.join(self.diff, "objects")),
+            "cpu": self._cpu_figures(),
         }
         if request.get("reset"):
             self.ops.latency.clear()
@@ -54,7 +57,39 @@ class MountStats:
             for c in self.router.conns:
                 c.sent = 0
             self.since = time.time()
+            self.cpu_base = self._cpu()
+            self.requests_base = 0
         return out
+
+    def _cpu(self) -> dict[str, float]:
+        t = os.times()
+        out = {"frontend": t.user + t.system}
+        for c in self.router.conns:
+            out[str(c.pid)] = _proc_cpu(c.pid)
+        return out
+
+    def _cpu_figures(self) -> dict[str, Any]:
+        """CPU seconds since the counters' start, and CPU µs per kernel request: where a
+        request's cost goes (the frontend's Python work, the workers')."""
+        now = self._cpu()
+        used = {k: max(v - self.cpu_base.get(k, 0.0), 0.0) for k, v in now.items()}
+        front = used.pop("frontend")
+        workers = sum(used.values())
+        requests = sum(self.ops.counts.values())
+        per = (lambda s: round(s * 1e6 / requests, 1)) if requests else (lambda s: 0.0)
+        return {"frontend_s": round(front, 3), "workers_s": round(workers, 3),
+                "requests": requests, "frontend_us_per_request": per(front),
+                "workers_us_per_request": per(workers)}
+
+
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of a process in seconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _allocated(path: str) -> int:

@@ -26,9 +26,13 @@ def test_stat_moves_parses_and_resets(work: Path) -> None:
         assert after["writes"]["bytes"] >= before["writes"]["bytes"] + 200_000
         assert after["fsyncs"] > before["fsyncs"]
         assert after["diff_bytes"] >= 200_000
+        cpu = after["cpu"]  # where a request's CPU goes: the frontend's Python, the workers'
+        assert cpu["requests"] > 0 and cpu["frontend_s"] > 0
+        assert cpu["frontend_us_per_request"] > 0 and cpu["workers_s"] >= 0
 
         text = pbkfs("stat", "-D", str(mnt)).stdout
         assert "operation" in text and "read" in text and "worker" in text
+        assert "us per request" in text
 
         prom = pbkfs("stat", "-D", str(mnt), "--format", "prometheus").stdout
         types, samples = parse_prometheus(prom)
