@@ -135,20 +135,34 @@ class Segment:
         )
 
     def covered(self, worker: int, slot: int, fid: int, first: int, last: int) -> bool:
-        """Are blocks first..last of `fid` all in the diff (bit set or past the horizon)?"""
-        efid, off, cap, horizon = self.entry(worker, slot)
+        """Are blocks first..last of `fid` all in the diff (bit set or past the horizon)?
+
+        The owning worker rewrites entries and reuses bitmap space while this runs (it
+        releases an evicted object's slot and publishes another object, or the same one
+        again, in its place). So the entry must lie inside the region's heap, and it is
+        read again after the bits: a changed entry (torn, released, reused) is a miss, and
+        the read goes to the worker. Never a guess: a wrong "covered" reads a hole of the
+        data file, zeros in place of the backup's block."""
+        table = table_offset(worker, self.region_size)
+        pos = table + slot * ENTRY.size
+        entry = ENTRY.unpack_from(self.buf, pos)
+        efid, off, cap, horizon = entry
         if efid != fid:
             return False
-        if first >= horizon:
-            return True
-        buf = self.buf
-        top = min(last, horizon - 1)
-        if (top >> 3) >= cap:
+        heap = table + self.slots * ENTRY.size
+        if off < heap or off + cap > table - REGION_HEADER_SIZE + self.region_size:
             return False
-        for b in range(first, top + 1):
-            if not buf[off + (b >> 3)] & (1 << (b & 7)):
+        top = min(last, horizon - 1)
+        if first <= top:
+            if (top >> 3) >= cap:
                 return False
-        return True
+            bits = self.buf[off + (first >> 3) : off + (top >> 3) + 1]
+            base = first & ~7
+            for b in range(first, top + 1):
+                i = b - base
+                if not bits[i >> 3] & (1 << (i & 7)):
+                    return False
+        return ENTRY.unpack_from(self.buf, pos) == entry
 
     def entries(self, worker: int) -> list[tuple[int, int, int, int, int]]:
         """Every used slot of a worker's region: (slot, fid, off, cap, horizon)."""

@@ -133,3 +133,18 @@ def test_a_new_process_adopts_the_unsynced_bits_of_the_dead_one(
     fresh.close_all()
     bm = BlockMap.load(map_path(str(objects), 1))
     assert bm.has(2) and bm.has(5) and bm.has(3999) and not bm.has(4)
+
+
+def test_a_torn_or_half_written_entry_is_never_covered(seg: Segment) -> None:
+    """An entry caught while the worker rewrites it (its id written, the rest not yet: heap
+    offset and horizon still zero) must not read as "everything past horizon 0 is in the
+    diff": that would serve a data file's holes, zeros, in place of backup blocks."""
+    from pbkfs.diff.sharedmaps import ENTRY, table_offset
+
+    region = Region(seg, 0)
+    slot = region.publish(-1, 9, bytes([0b1]), horizon=100)
+    assert seg.covered(0, slot, 9, 0, 0) and not seg.covered(0, slot, 9, 1, 1)
+    pos = table_offset(0, seg.region_size) + slot * ENTRY.size
+    ENTRY.pack_into(seg.buf, pos, 9, 0, 0, 0)  # the id first, nothing else yet
+    assert not seg.covered(0, slot, 9, 1, 1)
+    assert not seg.covered(0, slot, 9, 200, 200)
