@@ -144,14 +144,15 @@ def unmount(mountpoint: str, timeout: float = 600.0, force: bool = False) -> lis
         except OSError as exc:
             broken = exc.errno == errno.ENOTCONN  # the mount process is gone
     # pg_wal's bind mount first (busy while PostgreSQL has WAL open, like the mount).
-    sub_busy = release_submounts(mnt, lazy=False) if not broken else ""
-    if broken:
-        release_submounts(mnt, lazy=True)
-    res = (subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-           if not sub_busy else subprocess.CompletedProcess([], 1, "", f"{sub_busy} (busy)"))
-    if res.returncode != 0:
-        err = res.stderr.strip()
-        if "busy" in err.lower():
+    # A dead mount's is detached lazily; a live one's refuses while WAL files are open.
+    err = release_submounts(mnt, lazy=broken)
+    busy = bool(err)
+    if not err:
+        res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+        err = res.stderr.strip() if res.returncode != 0 else ""
+        busy = "busy" in err.lower()
+    if err:
+        if busy:
             if not force:
                 who = ", ".join(holders(mnt)) or "unknown processes"
                 raise UsageError(f"{mnt} is busy: files are open there by {who} (stop "

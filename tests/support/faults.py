@@ -124,13 +124,8 @@ def of_datadir(datadir: Path) -> set[Proc]:
     processes live there, also orphans of a killed postmaster)."""
     want = os.path.abspath(datadir)
     out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in postgres_pids():
         try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "postgres":
-                    continue
             cwd = os.readlink(f"/proc/{entry}/cwd").removesuffix(" (deleted)")
         except OSError:
             continue
@@ -138,6 +133,21 @@ def of_datadir(datadir: Path) -> set[Proc]:
         if cwd == want and p is not None:
             out.add(p)
     return out
+
+
+def postgres_pids() -> list[str]:
+    """/proc entries of every process named postgres."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == "postgres":
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> float:
@@ -155,13 +165,8 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float 
 def postgres_states() -> str:
     """`pid state wchan cmdline` of every postgres process: who waits where."""
     lines = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in postgres_pids():
         try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "postgres":
-                    continue
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
             with open(f"/proc/{entry}/wchan") as f:
