@@ -362,7 +362,7 @@ def rss(pids: list[int]) -> tuple[int, int]:
 def mount_command(cfg: Config, backup: Backup) -> list[str]:
     """`pbkfs mount` as a user types it: --workers only when the configuration names it."""
     assert cfg.diff is not None
-    cmd = [PY, "-m", "pbkfs.cli.main", "mount", "-B", str(backup.store), "--instance",
+    cmd = [PY, "-m", "pbkfs.cli.entry", "mount", "-B", str(backup.store), "--instance",
            backup.instance, "-i", backup.backup_id, "-D", str(cfg.data), "-d", str(cfg.diff)]
     if cfg.workers is not None:
         cmd += ["--workers", str(cfg.workers)]
@@ -418,7 +418,7 @@ def tear_down(cfg: Config, memory: dict[str, tuple[int, int]], diffsize: dict[st
         if cfg.pg is not None:
             cfg.pg.teardown()
         if cfg.diff is not None:
-            subprocess.run([PY, "-m", "pbkfs.cli.main", "unmount", "-D", str(cfg.data)],
+            subprocess.run([PY, "-m", "pbkfs.cli.entry", "unmount", "-D", str(cfg.data)],
                            cwd=cfg.tree, capture_output=True, timeout=600)
             diffsize[cfg.label] = du(cfg.diff, allocated=True)
     finally:

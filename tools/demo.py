@@ -26,7 +26,7 @@ from tests.support.postgres import (  # noqa: E402
     running_cluster,
 )
 
-PBKFS = [sys.executable, "-m", "pbkfs.cli.main"]
+PBKFS = [sys.executable, "-m", "pbkfs.cli.entry"]
 MKBACKUP = [sys.executable, "-m", "tools.mkbackup"]
 SCALE = 10
 
@@ -36,7 +36,7 @@ def step(title: str) -> None:
 
 
 def run(cmd: list[str], quiet: bool = False) -> str:
-    shown = " ".join(["pbkfs" if c == "pbkfs.cli.main" else c for c in cmd[2:]]) \
+    shown = " ".join(["pbkfs" if c == "pbkfs.cli.entry" else c for c in cmd[2:]]) \
         if cmd[:2] in (PBKFS[:2], MKBACKUP[:2]) else " ".join(cmd)
     prefix = "python -m " if cmd[:2] == MKBACKUP[:2] and cmd[2] == "tools.mkbackup" else ""
     print(f"$ {prefix}{shown}", flush=True)

@@ -111,49 +111,72 @@ def _to_int(fields: dict[str, str], key: str, default: int | None, where: Path, 
     return value
 
 
+_INT_FIELDS = (  # (key, default; None = required): the order _ints returns them in
+    ("size", None), ("mode", None), ("is_datafile", 0), ("is_cfs", 0), ("crc", 0),
+    ("external_dir_num", 0), ("dbOid", 0), ("segno", 0), ("n_blocks", -1),
+    ("full_size", -1), ("n_headers", 0), ("hdr_crc", 0), ("hdr_off", 0), ("hdr_size", 0),
+)
+
+
+def _ints(fields: dict[str, str], where: Path, lineno: int) -> tuple[int, ...]:
+    """The integer fields in _INT_FIELDS' order; spelled out for the common well-formed
+    line (a catalog has thousands), field by field only to name what is wrong."""
+    get = fields.get
+    try:
+        return (int(fields["size"]), int(fields["mode"]), int(get("is_datafile", 0)),
+                int(get("is_cfs", 0)), int(get("crc", 0)), int(get("external_dir_num", 0)),
+                int(get("dbOid", 0)), int(get("segno", 0)), int(get("n_blocks", -1)),
+                int(get("full_size", -1)), int(get("n_headers", 0)), int(get("hdr_crc", 0)),
+                int(get("hdr_off", 0)), int(get("hdr_size", 0)))
+    except (KeyError, ValueError):
+        return tuple(_to_int(fields, k, d, where, lineno) for k, d in _INT_FIELDS)
+
+
 def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
     """Parse one entry line; anything malformed is a ParseError naming file and line."""
     text = line.strip()
     if not _LINE.fullmatch(text):
         raise ParseError(where, f"malformed entry line: {text[:120]!r}", lineno)
-    fields = dict(_PAIRS.findall(text))
+    return _entry(dict(_PAIRS.findall(text)), where, lineno)
+
+
+def _entry(fields: dict[str, str], where: Path, lineno: int) -> FileEntry:
+    """The entry of one line's fields, checked."""
     path = fields.get("path")
     if path is None:
         raise ParseError(where, "entry without a path", lineno)
     why = check_relative_path(path)
     if why:
         raise ParseError(where, f"entry {path!r}: {why}", lineno)
-    size = _to_int(fields, "size", None, where, lineno)
+    (size, mode, is_datafile, is_cfs, crc, external_dir_num, db_oid, segno, n_blocks,
+     full_size, n_headers, hdr_crc, hdr_off, hdr_size) = _ints(fields, where, lineno)
     if size > _INT64_MAX:
         size = BYTES_INVALID
     if size < BYTES_INVALID:
         raise ParseError(where, f"entry {path!r}: negative size {size}", lineno)
-    mode = _to_int(fields, "mode", None, where, lineno)
     if not 0 <= mode <= 0o177777 or stat.S_IFMT(mode) not in (stat.S_IFDIR, stat.S_IFREG,
                                                              stat.S_IFLNK):
         raise ParseError(where, f"entry {path!r}: unsupported mode {mode:o}", lineno)
     alg = fields.get("compress_alg")
     if alg is not None and alg.lower() not in COMPRESS_ALGS:
         raise ParseError(where, f"entry {path!r}: unknown compress_alg {alg!r}", lineno)
-    n_blocks = _to_int(fields, "n_blocks", -1, where, lineno)
-    full_size = _to_int(fields, "full_size", -1, where, lineno)
     entry = FileEntry(
         path=path,
         size=size,
         mode=mode,
-        is_datafile=_to_int(fields, "is_datafile", 0, where, lineno) == 1,
-        is_cfs=_to_int(fields, "is_cfs", 0, where, lineno) == 1,
-        crc=_to_int(fields, "crc", 0, where, lineno) & 0xFFFFFFFF,
+        is_datafile=is_datafile == 1,
+        is_cfs=is_cfs == 1,
+        crc=crc & 0xFFFFFFFF,
         compress_alg=alg.lower() if alg is not None else None,
-        external_dir_num=_to_int(fields, "external_dir_num", 0, where, lineno),
-        db_oid=_to_int(fields, "dbOid", 0, where, lineno),
-        segno=_to_int(fields, "segno", 0, where, lineno),
+        external_dir_num=external_dir_num,
+        db_oid=db_oid,
+        segno=segno,
         n_blocks=n_blocks if n_blocks >= 0 else None,
         full_size=full_size if full_size >= 0 else None,
-        n_headers=_to_int(fields, "n_headers", 0, where, lineno),
-        hdr_crc=_to_int(fields, "hdr_crc", 0, where, lineno) & 0xFFFFFFFF,
-        hdr_off=_to_int(fields, "hdr_off", 0, where, lineno),
-        hdr_size=_to_int(fields, "hdr_size", 0, where, lineno),
+        n_headers=n_headers,
+        hdr_crc=hdr_crc & 0xFFFFFFFF,
+        hdr_off=hdr_off,
+        hdr_size=hdr_size,
         linked=fields.get("linked") or None,
     )
     if entry.linked is not None:
@@ -169,6 +192,30 @@ def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
     return entry
 
 
+_ROWS = msgspec.json.Decoder(list[dict[str, str]])
+_SPACED_COLON = re.compile(rb'"\s+:|:\s+"')
+
+
+def _json_rows(data: bytes) -> list[tuple[int, dict[str, str]]] | None:
+    """(line number, fields) of every line at JSON speed, or None to parse line by line.
+
+    Without a backslash, a line pg_probackup writes is a JSON object of strings (it prints
+    values unescaped, so only a backslash reads differently). Decoded as one array: a
+    catalog of many thousand files parses ten times faster than by the line regex.
+    Anything odd (invalid UTF-8, a control character, not one object per line, a line
+    without a path) falls back to the line parser and its exact error."""
+    if b"\\" in data or _SPACED_COLON.search(data):  # JSON reads these, the format does not
+        return None
+    numbered = [(n, ln) for n, ln in enumerate(data.split(b"\n"), 1) if ln.strip()]
+    try:
+        rows = _ROWS.decode(b"[" + b",".join(ln for _, ln in numbered) + b"]")
+    except msgspec.DecodeError:
+        return None
+    if len(rows) != len(numbered) or not all("path" in r for r in rows):
+        return None
+    return [(n, r) for (n, _), r in zip(numbered, rows, strict=True)]
+
+
 def parse_content(data: bytes, where: Path, expected_crc: int = 0) -> list[FileEntry]:
     """Parse a whole backup_content.control, checking its CRC32C when one is recorded."""
     if expected_crc:
@@ -178,6 +225,28 @@ def parse_content(data: bytes, where: Path, expected_crc: int = 0) -> list[FileE
                 where, f"content CRC mismatch: backup.control records {expected_crc}, "
                 f"file has {actual}"
             )
+    entries: list[FileEntry] = []
+    seen: set[tuple[int, str]] = set()
+    rows = _json_rows(data)
+    if rows is not None:
+        try:
+            for lineno, fields in rows:
+                entry = _entry(fields, where, lineno)
+                key = (entry.external_dir_num, entry.path)
+                if key in seen:
+                    break
+                seen.add(key)
+                entries.append(entry)
+            else:
+                return entries
+        except ParseError:
+            pass  # the line-by-line parse names the problem
+    return parse_by_line(data, where)
+
+
+def parse_by_line(data: bytes, where: Path) -> list[FileEntry]:
+    """The reference parse, line by line with the format's own regex; what
+    `parse_content` returns (or raises) for any input."""
     try:
         text = data.decode("utf-8", errors="surrogateescape")
     except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape never fails

@@ -10,9 +10,7 @@ import click
 
 from pbkfs.cli.common import reports_errors
 from pbkfs.errors import UsageError
-from pbkfs.recovery import recovery_target_options, target_from_options
-from pbkfs.recovery.mountplan import MountRecovery, plan_mount
-from pbkfs.view.source import SourceSpec
+from pbkfs.recovery.options import recovery_target_options
 
 
 @click.command("mount")
@@ -82,9 +80,32 @@ def mount(
     archive-get` on this catalog; by default they stop at the backup's consistent point and
     promote. With a target and no -i, pbkfs picks the newest backup that can reach it.
     """
+    from pbkfs.mount.launch import Launch, take_early
+
+    # The mount process imports its half while this one imports and plans its own.
+    launch = take_early() or (None if foreground else Launch())
+    try:
+        _mount(launch, store, instance, backup_id, mountpoint, diff, workers, owner,
+               config_file, local_wal, perf_unsafe, no_wal, force, no_postgresql_conf,
+               no_writeback_cache, plain_base, foreground, timeout, recovery_options)
+    finally:
+        if launch is not None:
+            launch.abandon()
+
+
+def _mount(
+    launch: Any, store: str | None, instance: str | None, backup_id: str | None,
+    mountpoint: str, diff: str, workers: int | None, owner: str | None,
+    config_file: str | None, local_wal: bool | None, perf_unsafe: bool, no_wal: bool,
+    force: bool, no_postgresql_conf: bool, no_writeback_cache: bool, plain_base: str | None,
+    foreground: bool, timeout: float | None, recovery_options: dict[str, Any],
+) -> None:
     from pbkfs.config import load_config, worker_count
     from pbkfs.mount import daemon
     from pbkfs.mount.options import MountOptions
+    from pbkfs.recovery.mountplan import MountRecovery, plan_mount
+    from pbkfs.recovery.options import target_from_options
+    from pbkfs.view.source import SourceSpec
 
     cfg = load_config(config_file)
     workers = cfg.effective_workers() if workers is None else worker_count(workers)
@@ -144,7 +165,7 @@ def mount(
         from pbkfs.mount import frontend  # loads pyfuse3: only when serving here
 
         sys.exit(frontend.run(opts, ready))
-    pid = daemon.start_background(opts, timeout=timeout)
+    pid = daemon.start_background(opts, timeout=timeout, launch=launch)
     click.echo(f"mounted {opts.mountpoint} (pid {pid}, diff {opts.diff})")
 
 

@@ -1,10 +1,11 @@
 """Starting a mount in the background and stopping it (`pbkfs mount` / `pbkfs unmount`).
 
-The launcher starts `python -m pbkfs.mount.frontend` in a new session with a pipe;
-the frontend answers "OK" once the mount answers, or "ERR <reason>". The
-launcher then checks that the mount point really is a pbkfs mount before it
-returns 0. Unmounting asks the kernel to unmount (refused while files are
-open, e.g. PostgreSQL still running) and then waits until the mount process
+The launcher starts `python -m pbkfs.mount.frontend -` in a new session
+(pbkfs.mount.launch) and hands it the options on its stdin; the frontend
+answers "OK" once the mount answers, or "ERR <reason>". The launcher then
+checks that the mount point really is a pbkfs mount before it returns 0.
+Unmounting asks the kernel to unmount (refused while files are open, e.g.
+PostgreSQL still running) and then waits until the mount process
 has flushed everything and exited; --force kills the mount's own processes
 instead when it is busy, hung or already detached (pbkfs.mount.forcestop).
 """
@@ -15,13 +16,13 @@ import errno
 import os
 import select
 import subprocess
-import sys
 import time
 
 import msgspec
 
 from pbkfs.errors import PbkfsError, UsageError
 from pbkfs.mount.forcestop import processes_of, stop_hard
+from pbkfs.mount.launch import Launch
 from pbkfs.mount.mountinfo import is_mounted
 from pbkfs.mount.options import MountOptions
 from pbkfs.mount.runtime import frontend_alive, read_record, sweep_stale
@@ -33,16 +34,16 @@ class MountError(PbkfsError):
     """The mount did not come up; the message is the daemon's own reason."""
 
 
-def start_background(opts: MountOptions, timeout: float = 300.0) -> int:
-    """Start the mount process; returns its pid once the mount answers."""
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    args = [sys.executable, "-m", "pbkfs.mount.frontend",
-            msgspec.json.encode(opts).decode(), str(w)]
-    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    # posix_spawn, not Popen: the mount process outlives this one and nobody waits for it.
-    pid = os.posix_spawn(sys.executable, args, os.environ, file_actions=devnull, setsid=True)
-    os.close(w)
+def start_background(opts: MountOptions, timeout: float = 300.0,
+                     launch: Launch | None = None) -> int:
+    """Hand the options to a mount process (started now unless `launch` was started early
+    by the command); returns its pid once the mount answers."""
+    launch = launch or Launch()
+    pid, r = launch.pid, launch.ready_r
+    try:
+        launch.send(msgspec.json.encode(opts))
+    except BrokenPipeError:
+        pass  # it died while starting: its pipe's end (below) reports how
     buf = b""
     deadline = time.monotonic() + timeout
     try:

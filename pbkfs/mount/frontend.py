@@ -1,9 +1,10 @@
 """The mount process: recover the diff, start workers, serve FUSE, shut down cleanly.
 
-Run as `python -m pbkfs.mount.frontend OPTIONS_JSON [READY_FD]` by `pbkfs mount`
-(or in-process with --foreground). It reports "OK" or "ERR <message>" on
-READY_FD once the mount answers or setup failed, so the launcher can return
-the right exit status with the real reason.
+Run as `python -m pbkfs.mount.frontend OPTIONS_JSON|- [READY_FD]` by `pbkfs mount`
+(`-`: the options come on stdin; pbkfs.mount.launch) or in-process with
+--foreground. It reports "OK" or "ERR <message>" on READY_FD once the mount
+answers or setup failed, so the launcher can return the right exit status
+with the real reason.
 
 Order at start: lock the diff, open the source, check the binding, rebuild
 the namespace (snapshot + journal replay), settle sizes from the diff files,
@@ -366,7 +367,13 @@ def run(opts: MountOptions, ready: Callable[[str | None], None], background: boo
 
 
 def main(argv: list[str]) -> int:
-    opts = msgspec.json.decode(argv[1].encode(), type=MountOptions)
+    if argv[1] == "-":  # started early by `pbkfs mount` (pbkfs.mount.launch): options follow
+        raw = sys.stdin.buffer.read()
+        if not raw:
+            return 0  # the command failed before handing anything over
+        opts = msgspec.json.decode(raw, type=MountOptions)
+    else:
+        opts = msgspec.json.decode(argv[1].encode(), type=MountOptions)
     ready_fd = int(argv[2]) if len(argv) > 2 else -1
     sent = False
 

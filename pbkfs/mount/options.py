@@ -1,4 +1,4 @@
-"""What `pbkfs mount` hands the mount process: one JSON argument, decoded here.
+"""What `pbkfs mount` hands the mount process: one JSON document (on its stdin), decoded here.
 
 Kept apart from the mount process so the launcher (`pbkfs.mount.daemon`) can
 build it without loading pyfuse3 or trio.

@@ -346,7 +346,7 @@ def test_bad_input(ctx: Ctx, case: Callable[[Ctx], list[str]], needles: list[str
     before = (tree_state(store), diff_state(ctx.diff), mounts_at(ctx.mnt))
     cmd = ["mount", "-D", str(ctx.mnt), "-d", str(ctx.diff), *args]
     if ctx.runner or ctx.env is not None:
-        proc = subprocess.run([*(ctx.runner or [sys.executable]), "-m", "pbkfs.cli.main", *cmd],
+        proc = subprocess.run([*(ctx.runner or [sys.executable]), "-m", "pbkfs.cli.entry", *cmd],
                               capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
                               cwd="/tmp" if ctx.runner else REPO, env=ctx.env, check=False)
     else:

@@ -46,10 +46,28 @@ def mount_processes(work: Path) -> list[int]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         cl = _cmdline(int(entry))
-        if needle in cl and (b"\0-m\0pbkfs.mount.frontend\0" in cl or b"\0-m\0workers\0" in cl):
-            if alive(int(entry)):
-                found.append(int(entry))
+        ours = (b"\0-m\0workers\0" in cl and needle in cl) or (
+            b"\0-m\0pbkfs.mount.frontend\0" in cl and _holds_file_under(int(entry), work))
+        if ours and alive(int(entry)):
+            found.append(int(entry))
     return found
+
+
+def _holds_file_under(pid: int, work: Path) -> bool:
+    """A frontend gets its options on stdin: it is known by the files it holds open (the
+    diff's lock), not by its command line."""
+    prefix = str(work) + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def wait_for(cond: object, timeout: float, what: str) -> None:

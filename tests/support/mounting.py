@@ -32,7 +32,7 @@ def pbkfs(*args: str, timeout: float = MOUNT_TIMEOUT, check: bool = True
           ) -> subprocess.CompletedProcess[str]:
     """Run the pbkfs CLI in a child process (as a user would)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pbkfs.cli.main", *args],
+        [sys.executable, "-m", "pbkfs.cli.entry", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
     )
     if check and proc.returncode != 0:

@@ -75,7 +75,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[MountOptions]:
     """`pbkfs mount` up to handing its options to the mount process (which is not started)."""
     seen: list[MountOptions] = []
 
-    def start_background(opts: MountOptions, timeout: float = 0) -> int:
+    def start_background(opts: MountOptions, timeout: float = 0, launch: Any = None) -> int:
         seen.append(msgspec.json.decode(msgspec.json.encode(opts), type=MountOptions))
         return 12345
 
