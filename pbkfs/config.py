@@ -65,6 +65,24 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.page_index_mb << 20
 
 
+DEFAULT_STORE_CACHE_DIR = "/var/cache/pbkfs"
+STORE_CACHE_MB = 10240
+
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Object-storage catalogs (`-B s3://BUCKET/PREFIX`): where to reach them and the local
+    cache of fetched bytes shared by every mount and command of the host. Credentials come
+    the standard AWS way (environment, then the AWS config and credentials files);
+    `endpoint` and `region` here override the environment's."""
+
+    endpoint: str = ""
+    region: str = ""
+    cache_dir: str = DEFAULT_STORE_CACHE_DIR
+    cache_size_mb: AtLeastOne = STORE_CACHE_MB
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0  # seconds per request
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 8  # throttling, 5xx, timeouts, drops
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -75,6 +93,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mount: MountConfig = msgspec.field(default_factory=MountConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
 
     def effective_workers(self) -> int:
         return worker_count(self.mount.workers, "mount.workers", zero_means_cpus=True)

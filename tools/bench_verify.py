@@ -55,7 +55,7 @@ def main(fixtures: Path, jobs: int, repeat: int) -> None:
         if not catalog.exists():
             continue
         view = open_view(catalog, instance, backup_id)
-        paths = [m.stored_path(e) for m, e in stored_work(view)]
+        paths = [Path(str(m.stored_path(e))) for m, e in stored_work(view)]
         raw_read(paths)  # warm the page cache
         raw_best = verify_best = float("inf")
         stored = logical = 0

@@ -19,6 +19,7 @@ from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.logsetup import setup_logging
 from pbkfs.memtrim import start_trimmer
+from pbkfs.storage.settings import configure
 from pbkfs.view.source import open_source
 from workers.handlers import Handlers
 from workers.loop import Worker, log_line
@@ -27,6 +28,7 @@ from workers.loop import Worker, log_line
 def main(argv: list[str]) -> int:
     spec = msgspec.json.decode(argv[1].encode(), type=WorkerSpec)
     setup_logging(spec.log_format, spec.log_level)  # stderr is the mount's log
+    configure(spec.store)  # s3:// catalogs: endpoint, cache (pbkfs.storage.settings)
     # The frontend decides when we stop (Shutdown or closed pipe); Ctrl-C in a
     # foreground mount must not kill workers before they have synced.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,4 +1,4 @@
-"""Reading a pg_probackup catalog, exactly and read-only (layer 2 of 10).
+"""Reading a pg_probackup catalog, exactly and read-only (layer 3 of 11).
 
 Owns the parsing of everything pg_probackup writes: `key = value` files,
 backup.control, backup_content.control, page_header_map, pg_control, the

@@ -58,7 +58,9 @@ def _check_member(backup: Backup, target: Backup, force: bool) -> None:
         raise ChainError(target.id, backup.dir / "backup.control",
                          f"member {backup.id} has status {status}, not OK or DONE{hint}")
     pid_file = backup.dir / "backup.pid"
-    if pid_file.exists() and _pid_file_is_live(pid_file):
+    # A pid is only meaningful on this host: a catalog in an object store was written
+    # elsewhere (its backup.control status tells whether the backup finished).
+    if isinstance(pid_file, Path) and pid_file.exists() and _pid_file_is_live(pid_file):
         raise ChainError(target.id, pid_file, f"member {backup.id} is locked by a running "
                          "pg_probackup")
     version = version_number(control.program_version)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import posixpath
 import re
 import stat
-from pathlib import Path
 
 import msgspec
 
 from pbkfs.catalog.control import COMPRESS_ALGS
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CatalogError, CorruptionError, ParseError
+from pbkfs.storage.location import Location
 
 BYTES_INVALID = -1
 _PAIR = r'"[^"\n]*":"[^"\n]*"'
@@ -98,7 +98,8 @@ def check_link_target(path: str, target: str) -> str | None:
     return None
 
 
-def _to_int(fields: dict[str, str], key: str, default: int | None, where: Path, lineno: int) -> int:
+def _to_int(fields: dict[str, str], key: str, default: int | None, where: Location,
+            lineno: int) -> int:
     raw = fields.get(key)
     if raw is None:
         if default is None:
@@ -118,7 +119,7 @@ _INT_FIELDS = (  # (key, default; None = required): the order _ints returns them
 )
 
 
-def _ints(fields: dict[str, str], where: Path, lineno: int) -> tuple[int, ...]:
+def _ints(fields: dict[str, str], where: Location, lineno: int) -> tuple[int, ...]:
     """The integer fields in _INT_FIELDS' order; spelled out for the common well-formed
     line (a catalog has thousands), field by field only to name what is wrong."""
     get = fields.get
@@ -132,7 +133,7 @@ def _ints(fields: dict[str, str], where: Path, lineno: int) -> tuple[int, ...]:
         return tuple(_to_int(fields, k, d, where, lineno) for k, d in _INT_FIELDS)
 
 
-def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
+def parse_line(line: str, where: Location, lineno: int) -> FileEntry:
     """Parse one entry line; anything malformed is a ParseError naming file and line."""
     text = line.strip()
     if not _LINE.fullmatch(text):
@@ -140,7 +141,7 @@ def parse_line(line: str, where: Path, lineno: int) -> FileEntry:
     return _entry(dict(_PAIRS.findall(text)), where, lineno)
 
 
-def _entry(fields: dict[str, str], where: Path, lineno: int) -> FileEntry:
+def _entry(fields: dict[str, str], where: Location, lineno: int) -> FileEntry:
     """The entry of one line's fields, checked."""
     path = fields.get("path")
     if path is None:
@@ -216,7 +217,7 @@ def _json_rows(data: bytes) -> list[tuple[int, dict[str, str]]] | None:
     return [(n, r) for (n, _), r in zip(numbered, rows, strict=True)]
 
 
-def parse_content(data: bytes, where: Path, expected_crc: int = 0) -> list[FileEntry]:
+def parse_content(data: bytes, where: Location, expected_crc: int = 0) -> list[FileEntry]:
     """Parse a whole backup_content.control, checking its CRC32C when one is recorded."""
     if expected_crc:
         actual = crc32c(data)
@@ -244,7 +245,7 @@ def parse_content(data: bytes, where: Path, expected_crc: int = 0) -> list[FileE
     return parse_by_line(data, where)
 
 
-def parse_by_line(data: bytes, where: Path) -> list[FileEntry]:
+def parse_by_line(data: bytes, where: Location) -> list[FileEntry]:
     """The reference parse, line by line with the format's own regex; what
     `parse_content` returns (or raises) for any input."""
     try:
@@ -265,7 +266,7 @@ def parse_by_line(data: bytes, where: Path) -> list[FileEntry]:
     return entries
 
 
-def read_content(path: Path, expected_crc: int = 0) -> list[FileEntry]:
+def read_content(path: Location, expected_crc: int = 0) -> list[FileEntry]:
     """Read backup_content.control from disk."""
     try:
         data = path.read_bytes()

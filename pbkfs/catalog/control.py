@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
 
 from pbkfs.catalog.keyvalue import read_keyvalue
 from pbkfs.catalog.lsn import parse_lsn
 from pbkfs.errors import ParseError
+from pbkfs.storage.location import Location
 
 BACKUP_MODES = ("FULL", "PAGE", "PTRACK", "DELTA")
 STATUSES = (
@@ -72,7 +72,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(t)
 
 
-def _bool(value: str, key: str, path: Path) -> bool:
+def _bool(value: str, key: str, path: Location) -> bool:
     v = value.strip().lower()
     if v in ("true", "on", "yes", "1"):
         return True
@@ -81,7 +81,7 @@ def _bool(value: str, key: str, path: Path) -> bool:
     raise ParseError(path, f"{key}: not a boolean: {value!r}")
 
 
-def _int(values: dict[str, str], key: str, path: Path, default: int | None = None) -> int:
+def _int(values: dict[str, str], key: str, path: Location, default: int | None = None) -> int:
     if key not in values:
         if default is None:
             raise ParseError(path, f"missing required field {key}")
@@ -92,7 +92,7 @@ def _int(values: dict[str, str], key: str, path: Path, default: int | None = Non
         raise ParseError(path, f"{key}: not an integer: {values[key]!r}") from None
 
 
-def parse_backup_control(path: Path) -> BackupControl:
+def parse_backup_control(path: Location) -> BackupControl:
     """Read and validate one backup.control; every problem names the file and the field."""
     v = read_keyvalue(path)
 
@@ -159,7 +159,7 @@ def parse_backup_control(path: Path) -> BackupControl:
     )
 
 
-def parse_instance_config(path: Path) -> InstanceConfig:
+def parse_instance_config(path: Location) -> InstanceConfig:
     """Read pg_probackup.conf of an instance."""
     v = read_keyvalue(path)
     sysid = _int(v, "system-identifier", path) if "system-identifier" in v else None

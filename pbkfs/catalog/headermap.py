@@ -11,11 +11,11 @@ import bisect
 import struct
 import zlib
 from array import array
-from pathlib import Path
 
 from pbkfs.catalog.content import FileEntry
 from pbkfs.codecs.crc import crc32c
 from pbkfs.errors import CatalogError, CorruptionError
+from pbkfs.storage.location import Location, open_handle, read_range
 
 HEADER2 = struct.Struct("<QiiH6x")
 INLINE_HEADER = struct.Struct("<ii")
@@ -57,13 +57,11 @@ class PageIndex:
         return 26 * len(self.blocks) + 64
 
 
-def read_region(map_path: Path, entry: FileEntry, block_size: int) -> PageIndex:
+def read_region(map_path: Location, entry: FileEntry, block_size: int) -> PageIndex:
     """Decode and check the page_header_map region of `entry`."""
     where = f"{map_path} (region of {entry.path})"
     try:
-        with open(map_path, "rb") as f:
-            f.seek(entry.hdr_off)
-            blob = f.read(entry.hdr_size)
+        blob = read_range(map_path, entry.hdr_off, entry.hdr_size)
     except OSError as exc:
         raise CatalogError(map_path, f"cannot read page header map: {exc.strerror}") from exc
     if len(blob) != entry.hdr_size:
@@ -110,14 +108,15 @@ def _index_from_records(raw: bytes, entry: FileEntry, where: str, block_size: in
     return PageIndex(blocks, pos, lsn, checksum)
 
 
-def scan_inline_headers(data_path: Path, entry: FileEntry, block_size: int) -> PageIndex:
+def scan_inline_headers(data_path: Location, entry: FileEntry, block_size: int) -> PageIndex:
     """Index a page stream by its inline headers (for files listed without a map region)."""
     blocks, pos, lsn, checksum = array("i"), array("q"), array("Q"), array("H")
     offset, prev = 0, -1
     try:
-        with open(data_path, "rb") as f:
+        f = open_handle(data_path)
+        try:
             while True:
-                head = f.read(INLINE_HEADER.size)
+                head = f.pread(INLINE_HEADER.size, offset)
                 if not head:
                     break
                 if len(head) != INLINE_HEADER.size:
@@ -132,7 +131,8 @@ def scan_inline_headers(data_path: Path, entry: FileEntry, block_size: int) -> P
                 checksum.append(0)
                 prev = block
                 offset += INLINE_HEADER.size + size
-                f.seek(offset)
+        finally:
+            f.close()
     except OSError as exc:
         raise CatalogError(data_path, f"cannot read: {exc.strerror}") from exc
     pos.append(offset)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pbkfs.errors import CatalogError, ParseError
+from pbkfs.storage.location import Location
 
 
 def normalize_key(key: str) -> str:
@@ -48,7 +47,7 @@ def parse_keyvalue(text: str, path: object) -> dict[str, str]:
     return values
 
 
-def read_keyvalue(path: Path) -> dict[str, str]:
+def read_keyvalue(path: Location) -> dict[str, str]:
     """Read and parse a key = value file; a missing or unreadable file is a CatalogError."""
     try:
         data = path.read_bytes()

@@ -19,6 +19,7 @@ from pbkfs.catalog.control import (
 )
 from pbkfs.catalog.ids import decode_id
 from pbkfs.errors import CatalogError, PbkfsError
+from pbkfs.storage.location import Location, listdir, location
 
 
 class Backup:
@@ -59,11 +60,11 @@ class Backup:
             return -1
 
     @property
-    def database_dir(self) -> Path:
+    def database_dir(self) -> Location:
         return self.dir / "database"
 
     @property
-    def page_header_map(self) -> Path:
+    def page_header_map(self) -> Location:
         return self.dir / "page_header_map"
 
     @cached_property
@@ -76,7 +77,7 @@ class Backup:
         """Entries of the data directory itself (external_dir_num 0), by path."""
         return {e.path: e for e in self.entries if e.external_dir_num == 0}
 
-    def stored_path(self, entry: FileEntry) -> Path:
+    def stored_path(self, entry: FileEntry) -> Location:
         """Where the stored copy of `entry` lives in this backup."""
         if entry.external_dir_num:
             return self.dir / "external_directories" / f"externaldir{entry.external_dir_num}" / \
@@ -100,7 +101,7 @@ class Instance:
     def backups(self) -> dict[str, Backup]:
         """Every backup directory (name not starting with '.'), by id."""
         try:
-            names = sorted(os.listdir(self.dir))
+            names = listdir(self.dir)
         except OSError as exc:
             raise CatalogError(self.dir, f"cannot list instance: {exc.strerror}") from exc
         out: dict[str, Backup] = {}
@@ -122,15 +123,15 @@ class Instance:
         return found
 
     @property
-    def wal_dir(self) -> Path:
+    def wal_dir(self) -> Location:
         return self.store.root / "wal" / self.name
 
 
 class Store:
-    """The catalog root given with -B."""
+    """The catalog root given with -B: a directory or an object-store URL (s3://...)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root: Location = location(root)
         if not self.root.exists():
             raise CatalogError(self.root, "backup catalog does not exist")
         if not self.root.is_dir():
@@ -138,13 +139,14 @@ class Store:
         self.backups_dir = self.root / "backups"
         if not self.backups_dir.is_dir():
             raise CatalogError(self.root, "not a pg_probackup catalog (no backups/ directory)")
-        if not os.access(self.backups_dir, os.R_OK | os.X_OK):
+        if isinstance(self.backups_dir, Path) and not os.access(self.backups_dir,
+                                                                 os.R_OK | os.X_OK):
             raise CatalogError(self.backups_dir, "permission denied")
 
     @cached_property
     def instances(self) -> dict[str, Instance]:
         try:
-            names = sorted(os.listdir(self.backups_dir))
+            names = listdir(self.backups_dir)
         except OSError as exc:
             raise CatalogError(self.backups_dir, f"cannot list: {exc.strerror}") from exc
         return {

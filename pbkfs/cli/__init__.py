@@ -1,4 +1,4 @@
-"""The `pbkfs` command (click) and the text/JSON formatters of `show` (layer 10 of 10).
+"""The `pbkfs` command (click) and the text/JSON formatters of `show` (layer 11 of 11).
 
 Owns argument parsing, user-facing messages and exit statuses; every command
 is a thin call into the layers below (view, recovery, mount). The mount

@@ -19,7 +19,7 @@ import sys
 
 import click
 
-from pbkfs.cli.common import store_option
+from pbkfs.cli.common import object_store_options, store_option
 
 EXIT_MISSING = 1
 EXIT_DAMAGED = 2
@@ -32,6 +32,7 @@ EXIT_DAMAGED = 2
               help="Where to write the file (relative to the server's data directory).")
 @click.option("--wal-file-name", "wal_file_name", required=True, metavar="%f",
               help="The file PostgreSQL asks for (segment or history file name).")
+@object_store_options
 def archive_get(store: str, instance: str, wal_file_path: str, wal_file_name: str) -> None:
     """Deliver one WAL file from the catalog's archive to PostgreSQL (for restore_command)."""
     from pbkfs.catalog.store import Store

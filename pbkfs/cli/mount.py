@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pbkfs.cli.common import reports_errors
+from pbkfs.cli.common import object_store_options, reports_errors
 from pbkfs.errors import UsageError
 from pbkfs.recovery.options import recovery_target_options
 
@@ -53,6 +53,7 @@ from pbkfs.recovery.options import recovery_target_options
               help="Seconds to wait for the mount to answer (default: mount.timeout).")
 @recovery_target_options
 @reports_errors
+@object_store_options
 def mount(
     store: str | None,
     instance: str | None,
@@ -105,6 +106,8 @@ def _mount(
     from pbkfs.mount.options import MountOptions
     from pbkfs.recovery.mountplan import MountRecovery, plan_mount
     from pbkfs.recovery.options import target_from_options
+    from pbkfs.storage.location import describe
+    from pbkfs.storage.settings import current
     from pbkfs.view.source import SourceSpec
 
     cfg = load_config(config_file)
@@ -124,14 +127,14 @@ def _mount(
         assert store and instance
         target = target_from_options(recovery_options)
         try:
-            recovery = plan_mount(os.path.abspath(store), instance, backup_id, target,
+            recovery = plan_mount(describe(store), instance, backup_id, target,
                                   os.path.abspath(diff))
         except OSError as exc:  # e.g. an unreadable store: one clear line, no traceback
             where = exc.filename or store
             raise UsageError(f"{where}: {exc.strerror or exc}") from None
         if recovery.describe:
             click.echo(recovery.describe, err=True)
-        spec = SourceSpec("catalog", store=os.path.abspath(store), instance=instance,
+        spec = SourceSpec("catalog", store=describe(store), instance=instance,
                           backup_id=recovery.backup_id)
     opts = MountOptions(
         source=spec,
@@ -146,6 +149,7 @@ def _mount(
         attr_timeout=cfg.mount.attr_timeout,
         request_timeout=cfg.mount.request_timeout,
         caches=cfg.cache,
+        store=current(),
         log_format=cfg.log.format,
         log_level=cfg.log.level,
         log_file=os.path.abspath(cfg.log.file) if cfg.log.file else "",

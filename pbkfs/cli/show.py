@@ -7,7 +7,7 @@ import json
 import click
 
 from pbkfs.catalog.store import Store
-from pbkfs.cli.common import reports_errors, store_option
+from pbkfs.cli.common import object_store_options, reports_errors, store_option
 from pbkfs.cli.showinfo import show_json, show_text
 
 
@@ -19,6 +19,7 @@ from pbkfs.cli.showinfo import show_json, show_text
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json uses pg_probackup's structure and key names.")
 @reports_errors
+@object_store_options
 def show(store: str, instance: str | None, archive: bool, fmt: str) -> None:
     """List the backups of a catalog, newest first, with each backup's chain."""
     st = Store(store)

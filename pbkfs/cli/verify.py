@@ -9,7 +9,7 @@ import time
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from pbkfs.cli.common import reports_errors, store_option
+from pbkfs.cli.common import object_store_options, reports_errors, store_option
 from pbkfs.view import open_view
 from pbkfs.view.verify import total_work, verify_view
 
@@ -22,6 +22,7 @@ from pbkfs.view.verify import total_work, verify_view
               default=min(4, os.cpu_count() or 1), show_default=True, help="Parallel readers.")
 @click.option("--force", is_flag=True, help="Accept ORPHAN/CORRUPT chain members.")
 @reports_errors
+@object_store_options
 def verify(store: str, instance: str, backup_id: str, jobs: int, force: bool) -> None:
     """Read every byte of a backup's chain and check every CRC, page and size.
 

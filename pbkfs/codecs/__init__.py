@@ -1,4 +1,4 @@
-"""Page codecs: turn one stored page payload back into exactly one page (layer 1 of 10).
+"""Page codecs: turn one stored page payload back into exactly one page (layer 1 of 11).
 
 Owns decoding (zlib, pglz, lz4, zstd), CRC32C and page checks; imports only the
 root modules. Format spec §3.5:

@@ -1,4 +1,4 @@
-"""The diff directory on disk, where every change of a mount lives (layer 5 of 10).
+"""The diff directory on disk, where every change of a mount lives (layer 6 of 11).
 
 Owns the binding and lock of a diff directory, the per-file objects (a data
 file whose length is the logical size, and for backup files a block map with

@@ -1,4 +1,4 @@
-"""The file system without FUSE: what every request means (layer 8 of 10).
+"""The file system without FUSE: what every request means (layer 9 of 11).
 
 Owns the namespace (inode numbers, names merged from the backup's file list
 and the journal, whiteouts, renames), `Vfs` (every file-system operation with

@@ -1,4 +1,4 @@
-"""Frames between the mount process and its workers, and the router (layer 7 of 10).
+"""Frames between the mount process and its workers, and the router (layer 8 of 11).
 
 Owns the msgspec protocol (requests, replies, `WorkerSpec`) and the
 frontend's side of the worker processes: starting and restarting them,

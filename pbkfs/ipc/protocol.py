@@ -13,7 +13,7 @@ import struct
 
 import msgspec
 
-from pbkfs.config import CacheConfig
+from pbkfs.config import CacheConfig, StoreConfig
 from pbkfs.view.source import SourceSpec
 
 LEN = struct.Struct("<I")
@@ -168,3 +168,4 @@ class WorkerSpec(msgspec.Struct):
     log_format: str = "text"
     log_level: str = "info"
     caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of the worker's view
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)  # s3:// catalogs

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from pbkfs.config import REQUEST_TIMEOUT, CacheConfig, worker_count
+from pbkfs.config import REQUEST_TIMEOUT, CacheConfig, StoreConfig, worker_count
 from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.view.source import SourceSpec
@@ -195,10 +195,11 @@ class Router:
         log_level: str = "info",
         caches: CacheConfig | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
+        store: StoreConfig | None = None,
     ) -> None:
         self.n = worker_count(n)
         self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level,
-                                 caches or CacheConfig())
+                                 caches or CacheConfig(), store or StoreConfig())
                       for i in range(n)]
         self.conns: list[WorkerConn] = []
         self._rid = 0

@@ -1,4 +1,4 @@
-"""The mount process and its lifecycle (layer 9 of 10).
+"""The mount process and its lifecycle (layer 10 of 11).
 
 Owns everything that needs the kernel: the thin pyfuse3 adapter over
 `pbkfs.fs.vfs`, starting a mount in the background or the foreground and

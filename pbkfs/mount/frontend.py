@@ -67,6 +67,7 @@ from pbkfs.mount.runtime import (
 from pbkfs.mount.stats import MountStats
 from pbkfs.mount.walbind import bind_wal, release_submounts
 from pbkfs.proc import start_time
+from pbkfs.storage.settings import configure
 from pbkfs.view.source import Source, SourceSpec, open_source
 
 _logger = logging.getLogger("pbkfs.mount")
@@ -185,7 +186,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
                     log=log_error, caches=opts.caches, request_timeout=opts.request_timeout,
-                    log_format=opts.log_format, log_level=opts.log_level)
+                    log_format=opts.log_format, log_level=opts.log_level, store=opts.store)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
     vfs.defer_fsync = opts.perf_unsafe
@@ -351,6 +352,7 @@ def redirect_log(path: str) -> None:
 
 
 def run(opts: MountOptions, ready: Callable[[str | None], None], background: bool = False) -> int:
+    configure(opts.store)  # s3:// catalogs: endpoint, region, the host's cache
     try:
         p = prepare(opts)
         if background:

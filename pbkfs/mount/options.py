@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pbkfs.config import CACHE_TIMEOUT, REQUEST_TIMEOUT, CacheConfig
+from pbkfs.config import CACHE_TIMEOUT, REQUEST_TIMEOUT, CacheConfig, StoreConfig
 from pbkfs.recovery.mountplan import MountRecovery
 from pbkfs.view.source import SourceSpec
 
@@ -31,6 +31,7 @@ class MountOptions(msgspec.Struct):
     attr_timeout: float = CACHE_TIMEOUT
     request_timeout: float = REQUEST_TIMEOUT  # a worker silent this long is restarted
     caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of every view opened
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)  # s3:// catalogs
     log_format: str = "text"
     log_level: str = "info"
     log_file: str = ""  # background mounts: default <diff>/pbkfs.log

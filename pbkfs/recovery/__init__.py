@@ -1,4 +1,4 @@
-"""PostgreSQL recovery of a mounted backup (layer 6 of 10).
+"""PostgreSQL recovery of a mounted backup (layer 7 of 11).
 
 Owns recovery targets, choosing the backup for a target, checking that the
 WAL archive covers it, the recovery files and settings a first mount writes,

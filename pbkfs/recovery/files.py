@@ -22,6 +22,7 @@ from pbkfs.catalog.lsn import format_lsn
 from pbkfs.errors import UsageError
 from pbkfs.recovery.plan import RecoveryPlan
 from pbkfs.recovery.target import RecoveryTarget
+from pbkfs.storage.location import Location, describe
 
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"
@@ -79,10 +80,11 @@ def _shell_word(value: str, what: str) -> str:
     return '"' + value.replace("%", "%%") + '"'
 
 
-def restore_command(program: str, store_root: str | os.PathLike[str], instance: str) -> str:
+def restore_command(program: str, store_root: str | os.PathLike[str] | Location,
+                    instance: str) -> str:
     """restore_command as pg_probackup writes it, calling pbkfs archive-get."""
     return (f"{_shell_word(program, 'program path')} archive-get -B "
-            f"{_shell_word(os.path.abspath(store_root), 'catalog path')} --instance "
+            f"{_shell_word(describe(str(store_root)), 'catalog path')} --instance "
             f"{_shell_word(instance, 'instance name')} --wal-file-path=%p --wal-file-name=%f")
 
 
@@ -128,7 +130,7 @@ def recovery_settings(target: RecoveryTarget, command: str) -> str:
 
 def recovery_files(
     plan: RecoveryPlan,
-    store_root: str | os.PathLike[str],
+    store_root: str | os.PathLike[str] | Location,
     *,
     program: str | None = None,
     now: datetime | None = None,

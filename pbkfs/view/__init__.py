@@ -1,4 +1,4 @@
-"""The logical view of a backup chain: what restore would write, read-only (layer 4 of 10).
+"""The logical view of a backup chain: what restore would write, read-only (layer 5 of 11).
 
 Owns names, modes and sizes of the target backup's files and `read(path, off,
 len)` returning exactly restore's bytes, with bounded caches of page indexes

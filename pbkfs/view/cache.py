@@ -9,15 +9,13 @@ reused fd number serve another file's bytes).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from pbkfs.errors import CatalogError
+from pbkfs.storage.location import Handle, Location, open_handle
 
 
 class Weighted(Protocol):
@@ -63,68 +61,64 @@ class WeightedLRU(Generic[V]):
         return len(self._items)
 
 
-class _Fd:
-    __slots__ = ("fd", "users", "closed", "size")
+class _Open:
+    __slots__ = ("handle", "users", "closed")
 
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
         self.users = 0
         self.closed = False
-        self.size = size
 
 
 class FdCache:
-    """Read-only descriptors of stored backup files, at most `capacity` kept open idle."""
+    """Open stored backup files (descriptors, or object-store handles), at most `capacity`
+    kept open idle."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._open: OrderedDict[Path, _Fd] = OrderedDict()
+        self._open: OrderedDict[Location, _Open] = OrderedDict()
         self._lock = threading.Lock()
 
     @contextmanager
-    def open(self, path: Path) -> Iterator[tuple[int, int]]:
-        """Yield (fd, file size) of `path`, opened O_RDONLY (backups are never written)."""
+    def open(self, path: Location) -> Iterator[Handle]:
+        """Yield an open handle of `path` (its size, preads); backups are never written."""
         with self._lock:
             slot = self._open.get(path)
             if slot is not None:
                 self._open.move_to_end(path)
                 slot.users += 1
         if slot is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise CatalogError(path, f"cannot open stored file: {exc.strerror}") from exc
-            slot = _Fd(fd, os.fstat(fd).st_size)
+            slot = _Open(open_handle(path))
             slot.users = 1
             with self._lock:
                 existing = self._open.get(path)
                 if existing is not None:  # another thread opened it meanwhile
-                    os.close(fd)
+                    slot.handle.close()
                     existing.users += 1
                     slot = existing
                 else:
                     self._open[path] = slot
                     self._evict()
         try:
-            yield slot.fd, slot.size
+            yield slot.handle
         finally:
             with self._lock:
                 slot.users -= 1
                 if slot.closed and slot.users == 0:
-                    os.close(slot.fd)
+                    slot.handle.close()
 
     def _evict(self) -> None:
         while len(self._open) > self.capacity:
             _, old = self._open.popitem(last=False)
             old.closed = True
             if old.users == 0:
-                os.close(old.fd)
+                old.handle.close()
 
     def close(self) -> None:
         with self._lock:
             for slot in self._open.values():
                 slot.closed = True
                 if slot.users == 0:
-                    os.close(slot.fd)
+                    slot.handle.close()
             self._open.clear()
 

@@ -21,7 +21,7 @@ from pbkfs.catalog.pgcontrol import PG_CONTROL, system_identifier
 from pbkfs.catalog.store import Backup, Store
 from pbkfs.config import OPEN_FILES, PAGE_INDEX_MB
 from pbkfs.errors import ChainError, CorruptionError, PbkfsError
-from pbkfs.fsutil import pread_exact
+from pbkfs.storage.location import read_range
 from pbkfs.view.cache import FdCache, WeightedLRU
 from pbkfs.view.entries import (
     DataSource,
@@ -242,11 +242,11 @@ class ChainView:
             return b""
         copy = source.copy
         stored = copy.backup.stored_path(copy.entry)
-        with self.fds.open(stored) as (fd, file_size):
-            if file_size != copy.entry.size:
-                raise CorruptionError(path, f"stored copy {stored} is {file_size} bytes, listed "
-                                      f"as {copy.entry.size}", backup_id=copy.backup.id)
-            data = pread_exact(fd, min(length, max(0, source.size - offset)), offset)
+        with self.fds.open(stored) as handle:
+            if handle.size != copy.entry.size:
+                raise CorruptionError(path, f"stored copy {stored} is {handle.size} bytes, "
+                                      f"listed as {copy.entry.size}", backup_id=copy.backup.id)
+            data = handle.pread(min(length, max(0, source.size - offset)), offset)
         return data
 
     def block_count(self, path: str) -> int:
@@ -314,9 +314,8 @@ def read_system_identifier(backup: Backup) -> int | None:
     """system_identifier from the backup's pg_control (the first 8 bytes), if stored."""
     path = backup.database_dir / PG_CONTROL
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
+        head = read_range(path, 0, 8)
+    except (OSError, PbkfsError):
         return None
     return system_identifier(head)
 

@@ -6,7 +6,6 @@ from pbkfs.catalog.headermap import INLINE_HEADER, PageIndex
 from pbkfs.codecs import decode_page
 from pbkfs.codecs.pagecheck import check_page
 from pbkfs.errors import CodecError, CorruptionError
-from pbkfs.fsutil import pread_exact
 from pbkfs.view.cache import FdCache
 from pbkfs.view.entries import StoredCopy
 
@@ -31,10 +30,10 @@ def read_stored_page(
     def corrupt(reason: str) -> CorruptionError:
         return CorruptionError(entry.path, reason, block=block, backup_id=backup.id)
 
-    with fds.open(path) as (fd, file_size):
-        if file_size != entry.size:
-            raise corrupt(f"stored file {path} is {file_size} bytes, listed as {entry.size}")
-        raw = pread_exact(fd, length, start)
+    with fds.open(path) as handle:
+        if handle.size != entry.size:
+            raise corrupt(f"stored file {path} is {handle.size} bytes, listed as {entry.size}")
+        raw = handle.pread(length, start)
     if len(raw) != length:
         raise corrupt(f"stored file {path} ends inside the page record at offset {start}")
     head_block, head_size = INLINE_HEADER.unpack_from(raw)

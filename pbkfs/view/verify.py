@@ -8,7 +8,6 @@ Problems are collected, not raised, so one run reports all of them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from pbkfs.catalog.headermap import read_region
 from pbkfs.catalog.pgcontrol import PG_CONTROL, stored_crc_is
 from pbkfs.catalog.store import Backup
 from pbkfs.codecs.crc import crc32, crc32c
-from pbkfs.errors import CorruptionError, PbkfsError
+from pbkfs.errors import CatalogError, CorruptionError, PbkfsError
+from pbkfs.storage.location import open_handle
 from pbkfs.view.chainview import ChainView
 from pbkfs.view.export import iter_content
 
@@ -80,25 +80,27 @@ def _check_stored_bytes(member: Backup, entry: FileEntry) -> tuple[list[Problem]
         return problems, 0
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return bad(f"stored file {path} cannot be opened: {exc.strerror}")
+        handle = open_handle(path)
+    except CatalogError as exc:
+        return bad(f"stored file {path} cannot be opened: {exc.reason}")
     try:
-        size = os.fstat(fd).st_size
+        size = handle.size
         if size != entry.size:
             return bad(f"stored file is {size} bytes, listed as {entry.size}")
         crc_fn = _file_crc(member)
         value, offset, head = 0, 0, b""
         while True:
-            chunk = os.pread(fd, CHUNK, offset)
+            chunk = handle.pread(CHUNK, offset)
             if not chunk:
                 break
             if offset == 0:
                 head = chunk[:512]
             value = crc_fn(chunk, value)
             offset += len(chunk)
+    except PbkfsError as exc:  # an object-store read that failed for good
+        return bad(str(exc))
     finally:
-        os.close(fd)
+        handle.close()
     if entry.path == PG_CONTROL and entry.external_dir_num == 0:
         if not stored_crc_is(head, entry.crc):
             problems.append(Problem(member.id, entry.path, None,

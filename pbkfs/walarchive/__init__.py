@@ -1,4 +1,4 @@
-"""The WAL archive of an instance (`wal/<instance>/`) (layer 3 of 10).
+"""The WAL archive of an instance (`wal/<instance>/`) (layer 4 of 11).
 
 Owns segment names, decoding of archived (compressed) segments, records,
 timelines and history files, coverage checks and delivering a segment for

@@ -9,13 +9,14 @@ Nothing here writes anywhere.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from pbkfs.catalog.store import Instance
 from pbkfs.errors import CatalogError, CorruptionError, PbkfsError, UsageError
+from pbkfs.storage.location import Location, file_size, files_with_sizes, location
+from pbkfs.storage.objectpath import ObjectPath
 from pbkfs.walarchive.decompress import decompress
 from pbkfs.walarchive.history import HistoryEntry, parse_history
 from pbkfs.walarchive.names import (
@@ -44,7 +45,7 @@ class ArchivedFile:
     """One stored file of the archive."""
 
     wal: WalName
-    path: Path
+    path: Location
     size: int  # bytes on disk (compressed size)
 
 
@@ -53,14 +54,15 @@ class WalArchive:
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | Location,
         seg_size: int,
         *,
         xlog_blcksz: int = 8192,
         magic: int | None = None,
         system_identifier: int | None = None,
     ) -> None:
-        self.dir = Path(directory)
+        self.dir: Location = directory if isinstance(directory, (Path, ObjectPath)) \
+            else location(directory)
         self.seg_size = seg_size
         self.xlog_blcksz = xlog_blcksz
         self.magic = magic
@@ -87,20 +89,11 @@ class WalArchive:
     def files(self) -> list[ArchivedFile]:
         """Every regular file of the archive, classified, sorted by name (empty if no archive)."""
         try:
-            entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
-            return []
+            found = files_with_sizes(self.dir)
         except OSError as exc:
             raise CatalogError(self.dir, f"cannot list WAL archive: {exc.strerror}") from exc
-        out = []
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out.append(ArchivedFile(classify(entry.name, self.seg_size),
-                                        Path(entry.path), st.st_size))
+        out = [ArchivedFile(classify(name, self.seg_size), self.dir / name, size)
+               for name, size in found]
         out.sort(key=lambda f: f.wal.name)
         return out
 
@@ -137,12 +130,9 @@ class WalArchive:
         out = []
         for stored in names:
             path = self.dir / stored
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out.append(ArchivedFile(classify(stored, self.seg_size), path, st.st_size))
+            size = file_size(path)
+            if size is not None:
+                out.append(ArchivedFile(classify(stored, self.seg_size), path, size))
         return out
 
     def fetch(self, name: str) -> tuple[bytes, ArchivedFile]:

@@ -124,7 +124,7 @@ def test_flipped_byte_in_page_header_map(catalog: Path) -> None:
     hmap = bdir / "page_header_map"
     data = bytearray(hmap.read_bytes())
     data[int(fields["hdr_off"]) + int(fields["hdr_size"]) // 2] ^= 0xFF
-    hmap.write_bytes(bytes(data))
+    Path(str(hmap)).write_bytes(bytes(data))
     view = open_view(catalog, "main", "TP2KBJ")
     with pytest.raises(CorruptionError, match="page header map"):
         view.read(path, 0, 8192)
@@ -196,7 +196,7 @@ def test_shadowed_page_map_region_is_still_checked(catalog: Path) -> None:
     hmap = full.page_header_map
     data = bytearray(hmap.read_bytes())
     data[victim.hdr_off + victim.hdr_size // 2] ^= 0xFF
-    hmap.write_bytes(bytes(data))
+    Path(str(hmap)).write_bytes(bytes(data))
     view = open_view(catalog, "main", "TP2KBJ")
     entry = view.entry(victim.path)
     assert entry is not None

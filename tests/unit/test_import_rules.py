@@ -4,7 +4,7 @@ Every .py under pbkfs/ and workers/ is parsed with `ast`; every import counts, a
 level or inside a function, `import x`, `from x import y`, `from pbkfs import mod` and
 relative imports alike. The layers, lowest first:
 
-    codecs < catalog < walarchive < view < diff < recovery < ipc < fs < mount < cli
+    codecs < storage < catalog < walarchive < view < diff < recovery < ipc < fs < mount < cli
 
 A module imports its own layer and the layers below it. The root modules (pbkfs/*.py:
 errors, config, proc, logsetup, ...) sit below every layer: everybody may import them,
@@ -24,15 +24,15 @@ import pytest
 
 from tests.support.env import REPO
 
-LAYERS = ("codecs", "catalog", "walarchive", "view", "diff", "recovery", "ipc", "fs", "mount",
-          "cli")
+LAYERS = ("codecs", "storage", "catalog", "walarchive", "view", "diff", "recovery", "ipc", "fs",
+          "mount", "cli")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 ROOT = "root"  # pbkfs/*.py and the package `pbkfs` itself
 FRONTEND_LIBS = ("trio", "pyfuse3")
 # what the worker process may use of pbkfs: these layers whole, and the protocol
-WORKER_LAYERS = {ROOT, "codecs", "catalog", "walarchive", "view", "diff"}
+WORKER_LAYERS = {ROOT, "codecs", "storage", "catalog", "walarchive", "view", "diff"}
 WORKER_MODULES = {"pbkfs.ipc.protocol"}
-NO_FRONTEND = ("catalog", "view", "codecs", "walarchive", "diff")  # rule (b)
+NO_FRONTEND = ("catalog", "view", "codecs", "storage", "walarchive", "diff")  # rule (b)
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,7 @@ def test_coverage_and_missing_segments(fixtures_dir: Path, tmp_path: Path) -> No
     assert cov.consistent and (cov.needed.begin, cov.needed.end) == (0x16, 0x17)
     assert cov.reachable_end == 0x18  # 19 is lost
     assert coverage(archive, delta).reachable_end == 0x22  # the partial counts as the last one
-    (archive.dir / "00000001000000000000001B.gz").unlink()
+    Path(str(archive.dir / "00000001000000000000001B.gz")).unlink()
     archive = WalArchive.for_instance(instance)
     cov = coverage(archive, page)
     assert not cov.consistent and cov.missing == ["00000001000000000000001B"]
