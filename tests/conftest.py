@@ -6,6 +6,8 @@
 * tests/mount/: real FUSE mounts; every test there is marked `mount`;
 * tests/postgres/: a real PostgreSQL 15 (on a mount or not); marked `postgres`, and
   `mount` too where it mounts;
+* tests/s3/: catalogs in a real S3 server (SeaweedFS on loopback), mounted with
+  PostgreSQL, with faults injected by a proxy;
 * tests/support/: every shared helper and fixture (tests/support/fixtures.py).
 
 `make test-fast` runs the first two. A test marked `mount` or `postgres` whose facility is
@@ -21,7 +23,7 @@ import pytest
 pytest_plugins = ["tests.support.fixtures"]
 
 TESTS = Path(__file__).resolve().parent
-LAYERS = ("unit", "core", "mount", "postgres")
+LAYERS = ("unit", "core", "mount", "postgres", "s3")
 NEEDS = ("mount", "postgres")  # markers of facilities the unit and core layers never use
 
 

@@ -54,18 +54,22 @@ def mount_listing(root: Path) -> dict[str, Row]:
 
 
 def check_backup(fixtures_dir: Path, work: Path, fixture: str, instance: str,
-                 backup_id: str) -> None:
+                 backup_id: str, store: str | None = None, extra: tuple[str, ...] = ()
+                 ) -> None:
+    """Mount from the fixture's catalog, or from `store` (the same catalog elsewhere, e.g.
+    in an object store), and compare with restore's tree and query results."""
     base = fixtures_dir / fixture
     catalog = base / "catalog"
     before = tree_state(catalog)
-    view = open_view(catalog, instance, backup_id)
+    view = open_view(store or catalog, instance, backup_id)
     tablespaces = dict(view.tablespaces)
     stored_auto = view.read("postgresql.auto.conf", 0, 1 << 20)
     view.close()
     expected = read_tsv(base / "expected" / instance / f"{backup_id}.tsv")
     queries = json.loads((base / "expected" / instance / f"{backup_id}.queries.json").read_text())
     mnt = make_owned_dir(work / "mnt", 0o700)  # owned by postgres: files appear as postgres'
-    with mounted(mnt, work / "diff", store=catalog, instance=instance, backup_id=backup_id):
+    with mounted(mnt, work / "diff", store=store or catalog, instance=instance,
+                 backup_id=backup_id, extra=extra):
         st = os.stat(mnt)
         assert stat.S_IMODE(st.st_mode) == 0o700
         listing = mount_listing(mnt)

@@ -93,7 +93,7 @@ def mount(
     diff: Path,
     *,
     plain: Path | None = None,
-    store: Path | None = None,
+    store: Path | str | None = None,
     instance: str = "",
     backup_id: str = "",
     workers: int = 2,
