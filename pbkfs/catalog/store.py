@@ -132,6 +132,12 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root: Location = location(root)
+        try:
+            self._check_root()
+        except FileNotFoundError:  # an object store without that bucket
+            raise CatalogError(self.root, "backup catalog does not exist") from None
+
+    def _check_root(self) -> None:
         if not self.root.exists():
             raise CatalogError(self.root, "backup catalog does not exist")
         if not self.root.is_dir():

@@ -8,14 +8,16 @@ Objects are identified by key, size and ETag, so a cached chunk of an object tha
 replaced is never served. Reads are aligned to cache chunks; the chunks a read misses
 are fetched with one ranged GET per run of neighbours (at most MAX_REQUEST bytes), and
 a read that continues the previous one of the same object fetches ahead, doubling up to
-MAX_REQUEST. obstore retries throttling, 5xx, timeouts and dropped connections with
-exponential backoff and jitter; a body of the wrong length is retried here. A read that
+MAX_REQUEST. Every request is retried (throttling, 5xx, timeouts, dropped
+connections, a body cut short or of the wrong length) with exponential backoff and
+jitter, up to store.max_retries times. A read that
 finally fails raises CatalogError naming the object and the range: served as EIO plus a
 log line, never as wrong or partial bytes.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +34,7 @@ from pbkfs.storage.settings import current
 
 MAX_REQUEST = 4 << 20  # bytes of one ranged GET
 FIRST_READAHEAD = 4  # chunks fetched ahead when a read continues the previous one
-BAD_LENGTH_RETRIES = 3
+MAX_BACKOFF = 2.0  # seconds between two attempts of one request, at most (before jitter)
 SCHEME = "s3://"
 
 
@@ -83,7 +85,7 @@ class BucketStore:
             "allow_http": conn.get("endpoint", "").startswith("http://"),
         }
         retry: dict[str, Any] = {
-            "max_retries": cfg.max_retries,
+            "max_retries": min(2, cfg.max_retries),
             "retry_timeout": timedelta(seconds=cfg.request_timeout * (cfg.max_retries + 1)),
             "backoff": {"init_backoff": timedelta(milliseconds=100),
                         "max_backoff": timedelta(seconds=5), "base": 2},
@@ -92,6 +94,7 @@ class BucketStore:
             self.bucket, prefix=self.prefix or None, config=config,  # type: ignore[arg-type]
             client_options=client, retry_config=retry)  # type: ignore[arg-type]
         self.endpoint = conn.get("endpoint", "aws")
+        self.retries = cfg.max_retries
         self.cache = ChunkCache(cfg.cache_dir, cfg.cache_size_mb << 20)
         self._listings: dict[str, Listing] = {}
         self._lock = threading.Lock()
@@ -118,16 +121,28 @@ class BucketStore:
             return self._listings.setdefault(rel_dir, got)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
-        try:
-            out = fn(*args, **kwargs)
-        except Exception as exc:
+        """One store request, retried on any failure but a missing object: obstore retries
+        what fails before a response arrives, not a body cut short while it is read."""
+        for attempt in range(self.retries + 1):
+            start = time.monotonic()
+            try:
+                out = fn(*args, **kwargs)
+            except BadLength as exc:
+                failure: Exception = exc
+            except Exception as exc:
+                if _is_not_found(exc):
+                    stats.record_request(time.monotonic() - start, 0, True)
+                    raise FileNotFoundError(2, "No such object", what) from None
+                failure = exc
+            else:
+                stats.record_request(time.monotonic() - start, _size(out), True)
+                return out
             stats.record_request(time.monotonic() - start, 0, False)
-            if _is_not_found(exc):
-                raise FileNotFoundError(what) from None
-            raise CatalogError(what, f"object store request failed: {_short(exc)}") from None
-        stats.record_request(time.monotonic() - start, 0, True)
-        return out
+            if attempt < self.retries:
+                stats.record_retry()
+                time.sleep(min(MAX_BACKOFF, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+        raise CatalogError(what, f"object store request failed {self.retries + 1} times, last: "
+                           f"{_short(failure)}")
 
     def _list_one(self, rel_dir: str) -> Listing:
         import obstore
@@ -249,32 +264,32 @@ class BucketStore:
     def _get_range(self, rel: str, start: int, stop: int) -> bytes:
         import obstore
 
-        what = f"{self.where(rel)} bytes {start}-{stop}"
-        for attempt in range(BAD_LENGTH_RETRIES + 1):
-            t0 = time.monotonic()
-            try:
-                data = bytes(obstore.get_range(self._store, rel, start=start, end=stop))
-            except Exception as exc:
-                stats.record_request(time.monotonic() - t0, 0, False)
-                if _is_not_found(exc):
-                    raise CatalogError(self.where(rel), "object is missing from the store"
-                                       ) from None
-                raise CatalogError(what, f"read failed: {_short(exc)}") from None
-            if len(data) == stop - start:
-                stats.record_request(time.monotonic() - t0, len(data), True)
-                return data
-            stats.record_request(time.monotonic() - t0, 0, False)
-            if attempt < BAD_LENGTH_RETRIES:
-                stats.record_retry()
-                time.sleep(0.1 * 2 ** attempt)
-        raise CatalogError(what, f"the store answered {len(data)} bytes for a range of "
-                           f"{stop - start}, {BAD_LENGTH_RETRIES + 1} times")
+        def get() -> bytes:
+            data = bytes(obstore.get_range(self._store, rel, start=start, end=stop))
+            if len(data) != stop - start:
+                raise BadLength(f"the store answered {len(data)} bytes for a range of "
+                                f"{stop - start}")
+            return data
+
+        try:
+            data: bytes = self._call(f"{self.where(rel)} bytes {start}-{stop}", get)
+        except FileNotFoundError:
+            raise CatalogError(self.where(rel), "object is missing from the store") from None
+        return data
 
     def read_all(self, rel: str) -> bytes:
         meta = self.meta(rel)
         if meta is None:
             raise FileNotFoundError(2, "No such object", self.where(rel))
         return self.read(rel, meta, 0, meta.size)
+
+
+class BadLength(Exception):
+    """A body shorter or longer than the range asked for (a connection cut mid-body)."""
+
+
+def _size(out: Any) -> int:
+    return len(out) if isinstance(out, bytes) else 0
 
 
 def _short(exc: BaseException) -> str:
