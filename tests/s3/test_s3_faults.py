@@ -5,7 +5,6 @@ naming the object; never wrong bytes, never a hang; a store that comes back work
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import pytest
 
 from pbkfs.view import open_view
 from tests.postgres.test_mount_fixtures import mount_listing
-from tests.support.env import REPO
 from tests.support.expected import compare_listing, read_tsv
 from tests.support.mounting import mounted
 from tests.support.s3proxy import FaultProxy
