@@ -20,6 +20,7 @@ from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.logsetup import setup_logging
 from pbkfs.memtrim import start_trimmer
 from pbkfs.storage.settings import configure
+from pbkfs.storage.stats import start_publisher, stats_dir
 from pbkfs.view.source import open_source
 from workers.handlers import Handlers
 from workers.loop import Worker, log_line
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
     worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
     worker.send(P.Ready(0, os.getpid(), spec.index))
     start_trimmer(lambda: worker.requests)
+    if spec.source.store.startswith("s3://") and spec.shm:
+        start_publisher(stats_dir(spec.shm))  # object-store figures for `pbkfs stat`
     return worker.run()
 
 

@@ -77,6 +77,13 @@ def to_text(f: dict[str, Any]) -> str:
                  f"({cpu.get('frontend_us_per_request', 0)} us per request), workers "
                  f"{cpu.get('workers_s', 0)} s ({cpu.get('workers_us_per_request', 0)} us per "
                  f"request), {cpu.get('requests', 0)} requests")
+    store = f.get("store")
+    if store:
+        lines.append(f"store   {store['requests']} requests ({store['retries']} retried, "
+                     f"{store['failures']} failed), {store['bytes_fetched']} bytes fetched; "
+                     f"cache {store['cache_hits']} hits, {store['cache_misses']} misses; "
+                     f"latency p50 {store['latency_p50_ms']} ms, p99 "
+                     f"{store['latency_p99_ms']} ms")
     lines.append("")
     lines.append(f"{'operation':<14}{'count':>10}{'mean us':>12}{'p50 us':>12}{'p99 us':>12}")
     for name, op in sorted(f.get("operations", {}).items()):
@@ -155,6 +162,23 @@ def to_prometheus(f: dict[str, Any]) -> str:
     e.family("journal_syncs_total", "counter", "Namespace journal syncs.",
              [("", {}, f.get("journal_syncs", 0))])
     e.family("inodes", "gauge", "Inodes known to the mount.", [("", {}, f.get("inodes", 0))])
+    store = f.get("store")
+    if store:
+        e.family("store_requests_total", "counter", "Object-store requests (s3:// catalogs).",
+                 [("", {}, store["requests"])])
+        e.family("store_retries_total", "counter", "Object-store requests retried.",
+                 [("", {}, store["retries"])])
+        e.family("store_failures_total", "counter", "Object-store attempts that failed.",
+                 [("", {}, store["failures"])])
+        e.family("store_fetched_bytes_total", "counter", "Bytes fetched from the store.",
+                 [("", {}, store["bytes_fetched"])])
+        e.family("store_cache_total", "counter", "Local cache lookups of store bytes.",
+                 [("", {"result": "hit"}, store["cache_hits"]),
+                  ("", {"result": "miss"}, store["cache_misses"])])
+        e.family("store_latency_milliseconds", "gauge",
+                 "Object-store request latency (histogram bucket upper bounds).",
+                 [("", {"quantile": "0.5"}, store["latency_p50_ms"]),
+                  ("", {"quantile": "0.99"}, store["latency_p99_ms"])])
     e.family("open_files", "gauge", "Open file handles.", [("", {}, f.get("open_files", 0))])
     e.family("diff_bytes", "gauge", "Bytes allocated by the diff's block objects.",
              [("", {}, f.get("diff_bytes", 0))])

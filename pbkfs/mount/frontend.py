@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ from pbkfs.mount.stats import MountStats
 from pbkfs.mount.walbind import bind_wal, release_submounts
 from pbkfs.proc import start_time
 from pbkfs.storage.settings import configure
+from pbkfs.storage.stats import stats_dir
 from pbkfs.view.source import Source, SourceSpec, open_source
 
 _logger = logging.getLogger("pbkfs.mount")
@@ -184,6 +186,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     sweep_stale()
     shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
     seg = Segment.create(shm_name, opts.workers, p.source.block_size)
+    store_stats = stats_dir(shm_name) if opts.source.store.startswith("s3://") else ""
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
                     log=log_error, caches=opts.caches, request_timeout=opts.request_timeout,
                     log_format=opts.log_format, log_level=opts.log_level, store=opts.store)
@@ -226,7 +229,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                                    conn=connection_of(mnt))
             write_record(record)
             nursery.start_soon(_signals, mnt)
-            stats = MountStats(ops, vfs, router, p.diff.path)
+            stats = MountStats(ops, vfs, router, p.diff.path, store_stats)
             nursery.start_soon(control.serve, ctl, stats.answer)
 
             async def answering() -> None:
@@ -307,6 +310,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         remove_scratch(p.scratch)
         seg.close()
         seg.unlink()
+        if store_stats:
+            shutil.rmtree(store_stats, ignore_errors=True)
         remove_record(mnt)
         p.diff.unlock()
         p.source.close()

@@ -9,12 +9,14 @@ from typing import Any
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
 from pbkfs.mount.fuseops import Operations
+from pbkfs.storage.stats import gathered, summary
 
 
 class MountStats:
     """What the control socket reports: requests, latencies, workers, the diff."""
 
-    def __init__(self, ops: Operations, vfs: Vfs, router: Router, diff: str) -> None:
+    def __init__(self, ops: Operations, vfs: Vfs, router: Router, diff: str,
+                 store_stats: str = "") -> None:
         self.ops = ops
         self.vfs = vfs
         self.router = router
@@ -23,6 +25,7 @@ class MountStats:
         self.since = time.time()
         self.cpu_base = self._cpu()  # CPU seconds of the frontend and of every worker pid
         self.requests_base = 0
+        self.store_stats = store_stats  # directory the workers publish store figures to
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd", "stat") != "stat":
@@ -50,6 +53,8 @@ class MountStats:
             "diff_bytes": _allocated(os.path.join(self.diff, "objects")),
             "cpu": self._cpu_figures(),
         }
+        if self.store_stats:  # an s3:// catalog: requests, bytes, cache, latency
+            out["store"] = summary(gathered(self.store_stats))
         if request.get("reset"):
             self.ops.latency.clear()
             self.ops.counts.clear()

@@ -5,7 +5,9 @@ reports its own with its other figures)."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import msgspec
 
@@ -79,3 +81,69 @@ def record_cache(hits: int, misses: int) -> None:
 def snapshot() -> StoreStats:
     with _lock:
         return msgspec.structs.replace(_stats, latency_ms=list(_stats.latency_ms))
+
+
+# -- shared between the processes of a mount ----------------------------------------------
+# Each worker publishes its figures to a file named after its pid in the mount's stats
+# directory (a file per process: no locking, no IPC round trip); the mount process adds
+# them up for `pbkfs stat` and removes the directory at exit.
+
+PUBLISH_EVERY = 1.0  # seconds
+
+
+def stats_dir(shm: str) -> str:
+    """The stats directory of the mount whose shared-memory segment is `shm`."""
+    base = "/run/pbkfs" if os.geteuid() == 0 else f"/tmp/pbkfs-{os.geteuid()}"
+    return os.path.join(base, "store-stats", shm)
+
+
+def start_publisher(directory: str) -> None:
+    """Write this process's figures to `directory`/<pid>.json whenever they change."""
+
+    def run() -> None:
+        last: bytes = b""
+        path = os.path.join(directory, f"{os.getpid()}.json")
+        while True:
+            time.sleep(PUBLISH_EVERY)
+            data = msgspec.json.encode(snapshot())
+            if data == last:
+                continue
+            try:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+                tmp = f"{path}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.rename(tmp, path)
+                last = data
+            except OSError:
+                pass
+
+    threading.Thread(target=run, name="store-stats", daemon=True).start()
+
+
+def gathered(directory: str) -> StoreStats:
+    """This process's figures plus those its workers published."""
+    total = snapshot()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return total
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                total.add(msgspec.json.decode(f.read(), type=StoreStats))
+        except (OSError, msgspec.DecodeError):
+            continue
+    return total
+
+
+def summary(s: StoreStats) -> dict[str, float | int]:
+    """The figures `pbkfs stat` shows."""
+    lookups = s.cache_hits + s.cache_misses
+    return {"requests": s.requests, "retries": s.retries, "failures": s.failures,
+            "bytes_fetched": s.bytes_fetched, "cache_hits": s.cache_hits,
+            "cache_misses": s.cache_misses,
+            "cache_hit_ratio": round(s.cache_hits / lookups, 3) if lookups else 0.0,
+            "latency_p50_ms": s.percentile(0.5), "latency_p99_ms": s.percentile(0.99)}
