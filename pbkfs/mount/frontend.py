@@ -68,6 +68,7 @@ from pbkfs.mount.runtime import (
 from pbkfs.mount.stats import MountStats
 from pbkfs.mount.walbind import bind_wal, release_submounts
 from pbkfs.proc import start_time
+from pbkfs.storage.location import is_store_url
 from pbkfs.storage.settings import configure
 from pbkfs.storage.stats import stats_dir
 from pbkfs.view.source import Source, SourceSpec, open_source
@@ -110,6 +111,10 @@ def prepare(opts: MountOptions) -> Prepared:
     if os.path.realpath(diff.path).startswith(os.path.realpath(mnt) + os.sep):
         raise UsageError("the diff directory must not be inside the mount point")
     p.source = open_source(opts.source, opts.caches)
+    if is_store_url(opts.source.store):  # what PostgreSQL's start reads, fetched meanwhile
+        from pbkfs.view.prefetch import fetch_all, startup_objects
+
+        fetch_all(startup_objects(p.source.view), log)
     check_entries(p.source)
     if opts.no_wal and opts.local_wal is not None:
         raise UsageError("--no-wal excludes --local-wal and --wal-through-mount")

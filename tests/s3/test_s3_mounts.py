@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def test_two_mounts_of_one_backup_share_the_cache(catalog_url: str, work: Path) 
                  backup_id="TP2KC3"), \
             PgCluster(mounts[0], free_port(), work / "sock1") as pg1:
         pg1.start()
+        deadline = time.monotonic() + 60
+        while "prefetched" not in (work / "diff1" / "pbkfs.log").read_text():
+            assert time.monotonic() < deadline, "no start-up prefetch logged"
+            time.sleep(0.2)
         pg1.psql("CREATE TABLE only_here AS SELECT g FROM generate_series(1, 1000) g")
         counts = pg1.psql("SELECT count(*) FROM pg_class")
         first = stat_json(mounts[0])["store"]
