@@ -22,7 +22,7 @@ from pbkfs.catalog.lsn import format_lsn
 from pbkfs.errors import UsageError
 from pbkfs.recovery.plan import RecoveryPlan
 from pbkfs.recovery.target import RecoveryTarget
-from pbkfs.storage.location import Location, describe
+from pbkfs.storage.location import Location, describe, is_store_url
 
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"
@@ -82,10 +82,32 @@ def _shell_word(value: str, what: str) -> str:
 
 def restore_command(program: str, store_root: str | os.PathLike[str] | Location,
                     instance: str) -> str:
-    """restore_command as pg_probackup writes it, calling pbkfs archive-get."""
+    """restore_command as pg_probackup writes it, calling pbkfs archive-get.
+
+    For an object-store catalog it also names the endpoint, region and cache this
+    command resolved (the server's environment need not have them; credentials are
+    never written here: the server's OS user finds its own the standard AWS way)."""
+    store = describe(str(store_root))
     return (f"{_shell_word(program, 'program path')} archive-get -B "
-            f"{_shell_word(describe(str(store_root)), 'catalog path')} --instance "
-            f"{_shell_word(instance, 'instance name')} --wal-file-path=%p --wal-file-name=%f")
+            f"{_shell_word(store, 'catalog path')} --instance "
+            f"{_shell_word(instance, 'instance name')}{_store_args(store)} "
+            "--wal-file-path=%p --wal-file-name=%f")
+
+
+def _store_args(store: str) -> str:
+    if not is_store_url(store):
+        return ""
+    from pbkfs.storage.s3config import resolve
+    from pbkfs.storage.settings import current
+
+    cfg = current()
+    conn = resolve(cfg)
+    out = ""
+    if conn.get("endpoint"):
+        out += f" --s3-endpoint {_shell_word(conn['endpoint'], 'S3 endpoint')}"
+    if conn.get("region"):
+        out += f" --s3-region {_shell_word(conn['region'], 'S3 region')}"
+    return out + f" --cache-dir {_shell_word(cfg.cache_dir, 'cache directory')}"
 
 
 def _conf_quote(value: str) -> str:

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,11 @@ import pytest
 
 from tests.postgres.test_mount_fixtures import SMALL, check_backup
 from tests.support.env import REPO
+from tests.support.mounting import mounted
+from tests.support.pbkfs_program import server_side_pbkfs
+from tests.support.pitr import wait_until_promoted
+from tests.support.postgres import PgCluster, free_port, make_owned_dir
+from tests.support.queries import run_queries
 from tests.support.s3server import S3Server
 from tools.s3sync import sync_dir
 
@@ -33,8 +41,12 @@ def s3_catalogs(s3_server: S3Server, fixtures_dir: Path,
     for name in SETS:
         urls[name] = f"s3://{bucket}/{name}"
         sync_dir(fixtures_dir / name / "catalog", urls[name], env=s3_server.env())
-    conf = tmp_path_factory.mktemp("s3conf") / "pbkfs.toml"
-    conf.write_text(f'[store]\ncache_dir = "{conf.parent / "cache"}"\n')
+    # readable by the server's OS user too: restore_command runs `pbkfs archive-get` as it
+    confdir = Path(tempfile.mkdtemp(prefix="pbkfs-s3conf-"))
+    confdir.chmod(0o755)
+    conf = confdir / "pbkfs.toml"
+    conf.write_text(f'[store]\ncache_dir = "{confdir / "cache"}"\n')
+    conf.chmod(0o644)
     saved = dict(os.environ)
     os.environ.update(s3_server.env(), PBKFS_CONFIG=str(conf))
     try:
@@ -42,6 +54,7 @@ def s3_catalogs(s3_server: S3Server, fixtures_dir: Path,
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        shutil.rmtree(confdir, ignore_errors=True)
 
 
 def pbkfs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -98,3 +111,39 @@ def test_mount_from_s3_is_what_restore_wrote(s3_catalogs: dict[str, str], fixtur
                                              work: Path, fixture: str, instance: str,
                                              backup_id: str) -> None:
     check_backup(fixtures_dir, work, fixture, instance, backup_id, store=s3_catalogs[fixture])
+
+
+@pytest.fixture(scope="module")
+def program(s3_catalogs: dict[str, str]) -> Iterator[Path]:
+    """A pbkfs the server's OS user can run, for restore_command."""
+    with server_side_pbkfs() as prog:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("PBKFS_PROGRAM", str(prog))
+        try:
+            yield prog
+        finally:
+            mp.undo()
+
+
+@pytest.mark.parametrize(("backup_id", "kind"), [("TP2MRO", "immediate"), ("TP2MRQ", "latest")])
+def test_archive_backup_from_s3_recovers_like_restore(
+        s3_catalogs: dict[str, str], program: Path, fixtures_dir: Path, work: Path,
+        backup_id: str, kind: str) -> None:
+    """WAL from the bucket's archive through restore_command (archive-get -B s3://...)."""
+    expected = json.loads((fixtures_dir / "pg15-archive" / "expected" / "arch" /
+                           f"{backup_id}.{kind}.queries.json").read_text())
+    url = s3_catalogs["pg15-archive"]
+    mnt, diff = make_owned_dir(work / "mnt"), work / "diff"
+    extra = [] if kind == "immediate" else ["--recovery-target=latest"]
+    with mounted(mnt, diff, store=url, instance="arch", backup_id=backup_id, extra=extra):
+        conf = (mnt / "postgresql.auto.conf").read_text()
+        assert f'archive-get -B "{url}" --instance "arch" --s3-endpoint' in conf
+        with PgCluster(mnt, free_port(), make_owned_dir(work / "sock", 0o755)) as pg:
+            pg.start()
+            wait_until_promoted(pg)
+            got = run_queries(pg, expected["sql"], expected["no_generic_md5"])
+            pg.stop()
+            log = pg.log_tail(200_000)
+        for key in ("server", "tablespaces", "databases"):
+            assert got[key] == expected[key], key
+        assert "archive-get: delivered" in log
