@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint typecheck pytest demo clean
+.PHONY: setup test test-fast lint typecheck pytest demo demo-s3 clean
 
 setup:
 	@bash tools/setup.sh
@@ -29,6 +29,10 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/python -m tools.demo
+
+# The same demo with the catalog in a local S3 server (SeaweedFS on loopback).
+demo-s3: setup
+	$(BIN)/python -m tools.demo --s3
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

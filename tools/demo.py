@@ -5,10 +5,15 @@ Builds a small PostgreSQL 15 cluster with pgbench data, backs it up with
 pbkfs, starts PostgreSQL on the mount, runs pgbench against it, shows what the
 diff directory holds and that the backup was not touched, then cleans up.
 Run as root (PostgreSQL itself runs as the `postgres` OS user).
+
+`--s3` (`make demo-s3`): the catalog is uploaded to a SeaweedFS S3 server started on
+loopback, and the DELTA is mounted from `s3://` (only the pages PostgreSQL reads are
+fetched, into a local cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -72,7 +77,8 @@ def tps(output: str) -> str:
 def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (PostgreSQL runs as the postgres user)")
-    with pg_workdir("pbkfs-demo-") as work:
+    s3 = "--s3" in sys.argv[1:]
+    with pg_workdir("pbkfs-demo-") as work, contextlib.ExitStack() as stack:
         store = work / "catalog"
         step(f"1. A PostgreSQL 15 cluster with pgbench data (scale {SCALE})")
         with running_cluster(work, name="source") as src:
@@ -93,13 +99,25 @@ def main() -> int:
                         quiet=True).strip()
             balance_src = src.psql("SELECT sum(abalance) FROM pgbench_accounts")
         run([*PBKFS, "show", "-B", str(store)])
+        source, extra = str(store), []
+        if s3:
+            step("2b. Put the catalog in an S3 bucket (SeaweedFS on 127.0.0.1)")
+            from tests.support.s3server import S3Server
 
-        step(f"3. Mount DELTA {delta} (the backup stays read-only; changes go to a diff)")
+            server = stack.enter_context(S3Server.start(make_owned_dir(work / "s3", 0o755)))
+            server.make_bucket("pbkfs-demo")
+            os.environ.update(server.env())  # credentials and endpoint the standard AWS way
+            source = "s3://pbkfs-demo/catalog"
+            run([sys.executable, "-m", "tools.s3sync", str(store), source])
+            extra = ["--cache-dir", str(work / "s3cache")]
+            run([*PBKFS, "show", "-B", source, *extra])
+
+        step(f"3. Mount DELTA {delta} from {source} (read-only; changes go to a diff)")
         mnt = make_owned_dir(work / "mnt")
         diff = work / "diff"
         t0 = time.monotonic()
-        run([*PBKFS, "mount", "-B", str(store), "--instance", "demo", "-i", delta,
-             "-D", str(mnt), "-d", str(diff), "--workers", "2"])
+        run([*PBKFS, "mount", "-B", source, "--instance", "demo", "-i", delta,
+             "-D", str(mnt), "-d", str(diff), "--workers", "2", *extra])
         try:
             pg = PgCluster(mnt, free_port(), make_owned_dir(work / "sock", 0o755))
             with pg:
@@ -126,7 +144,7 @@ def main() -> int:
         finally:
             step("7. Unmount and check the backup is intact")
             run([*PBKFS, "unmount", "-D", str(mnt)])
-        run([*PBKFS, "verify", "-B", str(store), "--instance", "demo", "-i", delta])
+        run([*PBKFS, "verify", "-B", source, "--instance", "demo", "-i", delta, *extra])
         print("\nDone: the work directory is removed; remounting the same diff would have "
               "resumed where it stopped.")
     return 0
