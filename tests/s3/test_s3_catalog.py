@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres.test_mount_fixtures import SMALL, check_backup
+from tests.postgres.test_mount_fixtures import BIG, SMALL, check_backup
 from tests.support.env import REPO
 from tests.support.mounting import mounted
 from tests.support.pbkfs_program import server_side_pbkfs
@@ -27,7 +27,7 @@ from tests.support.s3server import S3Server
 from tools.s3sync import sync_dir
 
 pytestmark = [pytest.mark.mount, pytest.mark.postgres]
-SETS = ("pg15", "pg15-archive")
+SETS = ("pg15", "pg15-archive", "pg15-bigrel")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_archive_get_delivers_the_same_bytes(s3_catalogs: dict[str, str], fixtur
 
 
 @pytest.mark.parametrize(("fixture", "instance", "backup_id"),
-                         [SMALL[0], SMALL[3], SMALL[6]])  # FULL, DELTA chain, other instance
+                         [*SMALL, pytest.param(*BIG[1], marks=pytest.mark.slow)])
 def test_mount_from_s3_is_what_restore_wrote(s3_catalogs: dict[str, str], fixtures_dir: Path,
                                              work: Path, fixture: str, instance: str,
                                              backup_id: str) -> None:
@@ -125,7 +125,8 @@ def program(s3_catalogs: dict[str, str]) -> Iterator[Path]:
             mp.undo()
 
 
-@pytest.mark.parametrize(("backup_id", "kind"), [("TP2MRO", "immediate"), ("TP2MRQ", "latest")])
+@pytest.mark.parametrize("kind", ["immediate", "latest"])
+@pytest.mark.parametrize("backup_id", ["TP2MRO", "TP2MRQ", "TP2MRW"])
 def test_archive_backup_from_s3_recovers_like_restore(
         s3_catalogs: dict[str, str], program: Path, fixtures_dir: Path, work: Path,
         backup_id: str, kind: str) -> None:
