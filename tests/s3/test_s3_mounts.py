@@ -79,3 +79,24 @@ def test_two_mounts_of_one_backup_share_the_cache(catalog_url: str, work: Path) 
             pg2.stop()
         pg1.stop()
     assert counts
+
+
+def test_the_cache_survives_a_remount(catalog_url: str, work: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a mount fetched is read from the host's cache by the next mount of the diff."""
+    conf = tmp_path / "pbkfs.toml"
+    conf.write_text(f'[store]\ncache_dir = "{tmp_path / "cache"}"\n')  # empty at first
+    monkeypatch.setenv("PBKFS_CONFIG", str(conf))
+    mnt = make_owned_dir(work / "mnt", 0o700)
+    fetched = []
+    for _ in range(2):
+        with mounted(mnt, work / "diff", store=catalog_url, instance="main",
+                     backup_id="TP2KBJ"):
+            with PgCluster(mnt, free_port(), work / "sock") as pg:
+                pg.start()
+                assert int(pg.psql("SELECT count(*) FROM pg_class")) > 0
+                pg.stop()
+            store = stat_json(mnt)["store"]
+            assert isinstance(store, dict)
+            fetched.append(int(store["bytes_fetched"]))
+    assert fetched[1] < fetched[0] / 4, fetched
