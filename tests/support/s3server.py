@@ -316,7 +316,7 @@ class S3Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         _running.add(self)
 
     def identities(self) -> dict[str, object]:
@@ -384,6 +384,16 @@ _running: set[S3Server] = set()
 
 
 @atexit.register
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies, so a killed
+    test run (timeout, SIGKILL) never leaves a server behind."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _stop_all() -> None:
     """A server its owner forgot still ends with this interpreter."""
     for server in list(_running):
