@@ -6,9 +6,11 @@ listing fills every subdirectory at once (a backup has thousands of files in a f
 directories; one listed request per thousand files instead of one per directory).
 Objects are identified by key, size and ETag, so a cached chunk of an object that was
 replaced is never served. Reads are aligned to cache chunks; the chunks a read misses
-are fetched with one ranged GET per run of neighbours (at most MAX_REQUEST bytes), and
-a read that continues the previous one of the same object fetches ahead, doubling up to
-MAX_REQUEST. Every request is retried (throttling, 5xx, timeouts, dropped
+are fetched with one ranged GET per run of neighbours (at most MAX_REQUEST bytes); while
+reads of an object go on where the previous ones were, the chunks after them are fetched
+in the background (doubling up to MAX_READAHEAD). A chunk is fetched by one thread at a
+time: others that need it wait for that fetch (and fetch it themselves if it fails).
+Every request is retried (throttling, 5xx, timeouts, dropped
 connections, a body cut short or of the wrong length) with exponential backoff and
 jitter, up to store.max_retries times. A read that
 finally fails raises CatalogError naming the object and the range: served as EIO plus a
@@ -17,10 +19,12 @@ log line, never as wrong or partial bytes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +38,8 @@ from pbkfs.storage.settings import current
 
 MAX_REQUEST = 4 << 20  # bytes of one ranged GET
 FIRST_READAHEAD = 4  # chunks fetched ahead when a read continues the previous one
+MAX_READAHEAD = 16 << 20  # bytes fetched ahead of a scan, at most (in MAX_REQUEST requests)
+READAHEAD_THREADS = 4  # background fetches of one store at a time
 MAX_BACKOFF = 2.0  # seconds between two attempts of one request, at most (before jitter)
 SCHEME = "s3://"
 
@@ -98,7 +104,10 @@ class BucketStore:
         self.cache = ChunkCache(cfg.cache_dir, cfg.cache_size_mb << 20)
         self._listings: dict[str, Listing] = {}
         self._lock = threading.Lock()
-        self._next: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key: (end, ahead)
+        self._next: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key: (chunk, ahead)
+        self._inflight: dict[tuple[str, int], Future[bytes]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self.wait_limit = cfg.request_timeout * (cfg.max_retries + 2)
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}" if rel else self.url
@@ -203,7 +212,7 @@ class BucketStore:
         oid = ChunkCache.object_id(self.endpoint, self.bucket, self.prefix, rel, meta.size,
                                    meta.etag)
         first, last = offset // CHUNK, (end - 1) // CHUNK
-        ahead = self._readahead(rel, offset, end)
+        ahead = self._readahead(rel, first, last)
         parts: dict[int, bytes] = {}
         missing: list[int] = []
         for c in range(first, last + 1):
@@ -216,29 +225,102 @@ class BucketStore:
                 missing.append(c)
         stats.record_cache(len(parts), len(missing))
         if missing:
-            n_chunks = (meta.size + CHUNK - 1) // CHUNK
-            extra = [c for c in range(last + 1, min(n_chunks, last + 1 + ahead))
-                     if not self.cache.has(oid, c)]
-            fetched = self._fetch_chunks(rel, meta, oid, missing + extra)
+            fetched = self._fetch_or_wait(rel, meta, oid, missing)
             for c in missing:
-                data = fetched[c]
                 lo = offset - c * CHUNK if c == first else 0
                 hi = end - c * CHUNK if c == last else CHUNK
-                parts[c] = data[lo:hi]
+                parts[c] = fetched[c][lo:hi]
+        if ahead:
+            n_chunks = (meta.size + CHUNK - 1) // CHUNK
+            self._prefetch(rel, meta, oid, [c for c in range(last + 1, min(n_chunks,
+                                                                           last + 1 + ahead))])
         return b"".join(parts[c] for c in range(first, last + 1))
 
-    def _readahead(self, rel: str, offset: int, end: int) -> int:
-        """Chunks to fetch beyond this read: none for a random read, doubling while reads
-        continue one another."""
+    def _readahead(self, rel: str, first: int, last: int) -> int:
+        """Chunks to fetch ahead of this read: none for a random read; while reads go on
+        where the previous ones were (the same or the next chunk: a scan's reads arrive
+        slightly out of order from several threads), doubling up to MAX_READAHEAD."""
         with self._lock:
             prev = self._next.pop(rel, None)
             ahead = 0
-            if prev is not None and prev[0] == offset:
-                ahead = min(max(FIRST_READAHEAD, prev[1] * 2), MAX_REQUEST // CHUNK)
-            self._next[rel] = (end, ahead)
+            if prev is not None and prev[0] <= first <= prev[0] + 1:
+                ahead = min(max(FIRST_READAHEAD, prev[1] * 2), MAX_READAHEAD // CHUNK)
+            self._next[rel] = (max(last, prev[0] if prev else last), ahead)
             while len(self._next) > 256:
                 self._next.popitem(last=False)
         return ahead
+
+    # -- fetching: one fetch per chunk at a time, in this thread or in the background ----
+
+    def _claim(self, oid: str, chunks: list[int]) -> tuple[list[int], dict[int, Future[bytes]]]:
+        """The chunks this thread is now to fetch, and the fetches of others to wait for."""
+        mine: list[int] = []
+        theirs: dict[int, Future[bytes]] = {}
+        with self._lock:
+            for c in chunks:
+                fut = self._inflight.get((oid, c))
+                if fut is None:
+                    self._inflight[(oid, c)] = Future()
+                    mine.append(c)
+                else:
+                    theirs[c] = fut
+        return mine, theirs
+
+    def _fetch_claimed(self, rel: str, meta: Meta, oid: str, chunks: list[int]
+                       ) -> dict[int, bytes]:
+        """Fetch claimed chunks and hand them to the threads waiting for them. A chunk that
+        another fetch cached between this thread's look at the cache and its claim (that
+        fetch writes the cache before it lets go of its claim) is read from the cache."""
+        data: dict[int, bytes] = {}
+        for c in chunks:
+            want = min(CHUNK, meta.size - c * CHUNK)
+            got = self.cache.read(oid, c, 0, want)
+            if got is not None and len(got) == want:
+                data[c] = got
+        try:
+            data.update(self._fetch_chunks(rel, meta, oid, [c for c in chunks
+                                                            if c not in data]))
+        except BaseException as exc:
+            with self._lock:
+                futures = [self._inflight.pop((oid, c)) for c in chunks]
+            for fut in futures:
+                fut.set_exception(exc)
+            raise
+        with self._lock:
+            done = {c: self._inflight.pop((oid, c)) for c in chunks}
+        for c, fut in done.items():
+            fut.set_result(data[c])
+        return data
+
+    def _fetch_or_wait(self, rel: str, meta: Meta, oid: str, chunks: list[int]
+                       ) -> dict[int, bytes]:
+        mine, theirs = self._claim(oid, chunks)
+        out = self._fetch_claimed(rel, meta, oid, mine) if mine else {}
+        for c, fut in theirs.items():
+            try:
+                out[c] = fut.result(timeout=self.wait_limit)
+            except Exception:  # a read-ahead that failed or is stuck: fetch it here
+                out.update(self._fetch_chunks(rel, meta, oid, [c]))
+        return out
+
+    def _prefetch(self, rel: str, meta: Meta, oid: str, chunks: list[int]) -> None:
+        """Fetch chunks in the background (read-ahead), one request per MAX_REQUEST."""
+        wanted = [c for c in chunks if not self.cache.has(oid, c)]
+        mine, _ = self._claim(oid, wanted)
+        per_request = MAX_REQUEST // CHUNK
+        for i in range(0, len(mine), per_request):
+            self._pool().submit(self._fetch_quietly, rel, meta, oid, mine[i:i + per_request])
+
+    def _fetch_quietly(self, rel: str, meta: Meta, oid: str, chunks: list[int]) -> None:
+        with contextlib.suppress(Exception):  # the read that needs it fetches again
+            self._fetch_claimed(rel, meta, oid, chunks)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(READAHEAD_THREADS,
+                                                    thread_name_prefix="readahead")
+            return self._executor
 
     def _fetch_chunks(self, rel: str, meta: Meta, oid: str, chunks: list[int]
                       ) -> dict[int, bytes]:
