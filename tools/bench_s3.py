@@ -223,9 +223,12 @@ def main() -> None:
                         f"s3, +{ms:g} ms per request", url, backup, work / f"s3-{ms:g}",
                         {"PBKFS_CONFIG": str(conf)}, args.clients, args.seconds))
                     if ms == latencies[-1]:  # without the first mount's copy of pg_wal
+                        conf2 = make_owned_dir(work / f"conf{ms:g}-walfuse", 0o755) / "pbkfs.toml"
+                        conf2.write_text(f'[store]\ncache_dir = "{conf2.parent / "cache"}"\n'
+                                         f'endpoint = "{proxy.endpoint}"\n')
                         results.append(measure_mount(
                             f"s3, +{ms:g} ms, --wal-through-mount", url, backup,
-                            work / f"s3-{ms:g}-walfuse", {"PBKFS_CONFIG": str(conf)},
+                            work / f"s3-{ms:g}-walfuse", {"PBKFS_CONFIG": str(conf2)},
                             args.clients, args.seconds, ("--wal-through-mount",)))
                     results.append(measure_download_restore(
                         f"download + restore, +{ms:g} ms", url, backup, work / f"dl-{ms:g}",

@@ -20,7 +20,9 @@ COMMANDS = {
     "mount": "pbkfs.cli.mount:mount",
     "unmount": "pbkfs.cli.mount:unmount",
     "cleanup": "pbkfs.cli.cleanup:cleanup",
+    "reset": "pbkfs.cli.reset:reset",
     "stat": "pbkfs.cli.stat:stat",
+    "list": "pbkfs.cli.list_cmd:list_cmd",
 }
 
 

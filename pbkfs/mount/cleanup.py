@@ -30,7 +30,7 @@ import stat
 
 import msgspec
 
-from pbkfs.diff.directory import DiffDir, LockInfo
+from pbkfs.diff.directory import DiffDir, LockInfo, write_atomic
 from pbkfs.errors import UsageError
 from pbkfs.fsutil import fsync_dir
 from pbkfs.proc import pid_alive
@@ -95,8 +95,11 @@ def _stale_runtime(diff_path: str) -> list[str]:
     return notes
 
 
-def wipe(path: str, force: bool = False) -> list[str]:
-    """Wipe the diff directory at `path`; returns what was done, one line each."""
+def wipe(path: str, force: bool = False, keep_binding: bool = False) -> list[str]:
+    """Wipe the diff directory at `path`; returns what was done, one line each.
+
+    `keep_binding` (`pbkfs reset`): every change goes, the binding stays, so the next
+    mount starts as the first mount of that backup did (recovery files, the WAL copy)."""
     if not os.path.lexists(path):
         raise UsageError(f"diff directory {path} does not exist")
     real = os.path.realpath(path)
@@ -113,6 +116,9 @@ def wipe(path: str, force: bool = False) -> list[str]:
             binding_state = "missing"
     except (UsageError, OSError) as exc:
         binding_state = f"unreadable ({exc})"
+    if keep_binding and binding_state != "ok":
+        raise UsageError(f"{real}: binding.json {binding_state}: nothing to reset to "
+                         "(pbkfs cleanup wipes a broken diff)")
     if binding_state != "ok":
         foreign = [n for n in names if not _own(n)]
         if foreign:
@@ -147,7 +153,7 @@ def wipe(path: str, force: bool = False) -> list[str]:
                                  f"run pbkfs unmount -D {info.mountpoint}")
         removed = 0
         for name in os.listdir(real):
-            if name == "lock":
+            if name == "lock" or (keep_binding and name == "binding.json"):
                 continue
             p = os.path.join(real, name)
             st = os.lstat(p)
@@ -156,10 +162,21 @@ def wipe(path: str, force: bool = False) -> list[str]:
             else:
                 os.unlink(p)
             removed += 1
+        if keep_binding:
+            binding = diff.read_binding()
+            if binding is not None and not binding.resumable:  # --no-wal: nothing is lost now
+                write_atomic(diff.binding_path,
+                             msgspec.json.encode(msgspec.structs.replace(binding,
+                                                                         resumable=True)))
         os.unlink(diff.lock_path)
         fsync_dir(real)
         notes += _stale_runtime(real)
-        notes.append(f"wiped {real} ({removed} entries and the lock; the directory is kept)")
+        if keep_binding:
+            notes.append(f"reset {real} ({removed} entries removed; the binding is kept: the "
+                         "next mount starts from the backup as the first did)")
+        else:
+            notes.append(f"wiped {real} ({removed} entries and the lock; the directory is "
+                         "kept)")
     finally:
         os.close(fd)
     return notes

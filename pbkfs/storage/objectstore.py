@@ -224,16 +224,19 @@ class BucketStore:
             else:
                 missing.append(c)
         stats.record_cache(len(parts), len(missing))
+        n_chunks = (meta.size + CHUNK - 1) // CHUNK
         if missing:
-            fetched = self._fetch_or_wait(rel, meta, oid, missing)
+            # the window ahead rides along in the same request (a scan's next reads) ...
+            extra = [c for c in range(last + 1, min(n_chunks, last + 1 + ahead))
+                     if not self.cache.has(oid, c)]
+            fetched = self._fetch_or_wait(rel, meta, oid, missing + extra)
             for c in missing:
                 lo = offset - c * CHUNK if c == first else 0
                 hi = end - c * CHUNK if c == last else CHUNK
                 parts[c] = fetched[c][lo:hi]
-        if ahead:
-            n_chunks = (meta.size + CHUNK - 1) // CHUNK
-            self._prefetch(rel, meta, oid, [c for c in range(last + 1, min(n_chunks,
-                                                                           last + 1 + ahead))])
+        if ahead:  # ... and the window after it is fetched in the background
+            self._prefetch(rel, meta, oid, list(range(last + 1 + ahead,
+                                                      min(n_chunks, last + 1 + 2 * ahead))))
         return b"".join(parts[c] for c in range(first, last + 1))
 
     def _readahead(self, rel: str, first: int, last: int) -> int:
