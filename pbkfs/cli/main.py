@@ -21,6 +21,7 @@ COMMANDS = {
     "unmount": "pbkfs.cli.mount:unmount",
     "cleanup": "pbkfs.cli.cleanup:cleanup",
     "reset": "pbkfs.cli.reset:reset",
+    "drill": "pbkfs.cli.drill:drill",
     "stat": "pbkfs.cli.stat:stat",
     "list": "pbkfs.cli.list_cmd:list_cmd",
 }

@@ -67,6 +67,21 @@ def _uptime(pid: int) -> float:
     return round(max(0.0, since_boot - st.start / os.sysconf("SC_CLK_TCK")), 1)
 
 
+def postgres_pids_in(datadir: str) -> list[int]:
+    """`postgres` processes whose working directory is `datadir` (a server on it)."""
+    out = []
+    for pid in pids():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            if os.readlink(f"/proc/{pid}/cwd") == datadir:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
 def postgres_cwds() -> set[str]:
     """Working directories of running `postgres` processes (a server's is its data
     directory): read from /proc links, never through a mount."""
