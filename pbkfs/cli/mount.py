@@ -41,13 +41,21 @@ from pbkfs.recovery.options import recovery_target_options
               help="Keep pg_wal only while mounted (outside the diff); the diff can never be "
               "mounted again. Needs a new diff directory.")
 @click.option("--force", is_flag=True,
-              help="Mount a diff left dirty by a --perf-unsafe mount that did not unmount.")
+              help="Mount a diff left dirty by a --perf-unsafe mount that did not unmount; "
+              "and let --idle-timeout/--ttl end the mount even while files are open.")
 @click.option("--no-postgresql-conf", is_flag=True,
               help="Do not add conf/postgresql.pbkfs.conf settings to postgresql.auto.conf.")
 @click.option("--no-writeback-cache", is_flag=True, hidden=True,
               help="Disable the kernel writeback cache (for measurements).")
 @click.option("--plain-base", hidden=True, type=click.Path(file_okay=False, path_type=str),
               help="Serve a plain directory instead of a backup (tests, benchmarks).")
+@click.option("--idle-timeout", metavar="DURATION",
+              help="Unmount after this long without file-system activity and open files "
+              "(like 90s, 15m, 2h, 1d).")
+@click.option("--ttl", metavar="DURATION",
+              help="Unmount this long after mounting, whatever happens.")
+@click.option("--remove-diff", is_flag=True,
+              help="When --idle-timeout or --ttl ends the mount, also remove its diff.")
 @click.option("--foreground", is_flag=True, help="Stay attached; log to stderr.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds to wait for the mount to answer (default: mount.timeout).")
@@ -70,6 +78,9 @@ def mount(
     no_postgresql_conf: bool,
     no_writeback_cache: bool,
     plain_base: str | None,
+    idle_timeout: str | None,
+    ttl: str | None,
+    remove_diff: bool,
     foreground: bool,
     timeout: float | None,
     **recovery_options: Any,
@@ -88,10 +99,23 @@ def mount(
     try:
         _mount(launch, store, instance, backup_id, mountpoint, diff, workers, owner,
                config_file, local_wal, perf_unsafe, no_wal, force, no_postgresql_conf,
-               no_writeback_cache, plain_base, foreground, timeout, recovery_options)
+               no_writeback_cache, plain_base, foreground, timeout, recovery_options,
+               expiry_options(idle_timeout, ttl, remove_diff))
     finally:
         if launch is not None:
             launch.abandon()
+
+
+def expiry_options(idle_timeout: str | None, ttl: str | None, remove_diff: bool
+                   ) -> dict[str, Any]:
+    """--idle-timeout, --ttl and --remove-diff as MountOptions fields."""
+    from pbkfs.mount.expiry import parse_duration
+
+    if remove_diff and not (idle_timeout or ttl):
+        raise UsageError("--remove-diff needs --idle-timeout or --ttl")
+    return {"idle_timeout": parse_duration(idle_timeout, "--idle-timeout") if idle_timeout
+            else 0.0,
+            "ttl": parse_duration(ttl, "--ttl") if ttl else 0.0, "remove_diff": remove_diff}
 
 
 def _mount(
@@ -100,6 +124,7 @@ def _mount(
     config_file: str | None, local_wal: bool | None, perf_unsafe: bool, no_wal: bool,
     force: bool, no_postgresql_conf: bool, no_writeback_cache: bool, plain_base: str | None,
     foreground: bool, timeout: float | None, recovery_options: dict[str, Any],
+    expiry: dict[str, Any],
 ) -> None:
     from pbkfs.config import load_config, worker_count
     from pbkfs.mount import daemon
@@ -158,6 +183,7 @@ def _mount(
         perf_unsafe=perf_unsafe,
         no_wal=no_wal,
         force=force,
+        **expiry,
     )
     if foreground:
         def ready(err: str | None) -> None:

@@ -55,6 +55,7 @@ from pbkfs.mount.checks import (
     check_mountpoint,
     resolve_owner,
 )
+from pbkfs.mount.expiry import Activity, watch
 from pbkfs.mount.fuseops import Operations
 from pbkfs.mount.kerneltune import connection_of, tune_bdi, tune_connection
 from pbkfs.mount.options import MountOptions
@@ -214,6 +215,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         options.add("allow_other")
     mounted = False
     status = 0
+    expired: list[str] = []  # why the mount ended by itself (pbkfs.mount.expiry)
     synced = False  # the workers confirmed everything durable, the journal is synced
 
     async def main() -> None:
@@ -259,6 +261,10 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
                     f"({opts.workers} workers, diff {p.diff.path})")
 
             nursery.start_soon(answering)
+            if opts.idle_timeout or opts.ttl:
+                activity = Activity(lambda: sum(ops.counts.values()), lambda: len(vfs.handles))
+                nursery.start_soon(watch, mnt, opts.idle_timeout, opts.ttl, opts.force,
+                                   activity, log, expired.append)
             nursery.start_soon(vfs.housekeeping)
             st = vfs.stats
             start_trimmer(lambda: st.reads_hot + st.reads_worker + st.writes)
@@ -321,6 +327,9 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         p.diff.unlock()
         p.source.close()
         log(f"unmounted {mnt}")
+        if expired and opts.remove_diff:
+            shutil.rmtree(p.diff.path, ignore_errors=True)  # the log goes with it
+            log(f"expiry: removed the diff {p.diff.path} (--remove-diff)")
     return status
 
 

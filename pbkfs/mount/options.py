@@ -38,4 +38,7 @@ class MountOptions(msgspec.Struct):
     recovery: MountRecovery | None = None  # what a first mount adds for recovery
     perf_unsafe: bool = False  # fsync deferred to unmount; dirty marker (pbkfs.diff.durability)
     no_wal: bool = False  # pg_wal in a scratch directory; the diff is not resumable
-    force: bool = False  # accept a diff left dirty by a --perf-unsafe mount
+    force: bool = False  # accept a dirty diff; let --idle-timeout/--ttl stop a busy mount
+    idle_timeout: float = 0.0  # seconds without requests or open files before unmounting
+    ttl: float = 0.0  # seconds after the start before unmounting, whatever happens
+    remove_diff: bool = False  # an expired mount also removes its diff
