@@ -222,6 +222,10 @@ class Region:
         REGION_HEADER.pack_into(self.seg.buf, self.base, self.high, self.bump - self.heap)
 
     def _alloc_space(self, need: int) -> int | None:
+        """Bitmap space of the next power of two >= `need`, zeroed: freed space held another
+        object's bits, and so does the heap of an earlier process of this worker (`reset`
+        clears the slot table, not the heap). A stale bit there would make the frontend
+        read a hole of the data file: zeros in place of the backup's block."""
         cap = MIN_CAPACITY
         while cap < need:
             cap <<= 1
@@ -235,6 +239,7 @@ class Region:
         off = self.bump
         self.bump += cap
         self._header()
+        self.seg.buf[off : off + cap] = bytes(cap)
         return off
 
     @staticmethod

@@ -136,8 +136,9 @@ class Drill:
                 *self.extra]
         if self.backup_id:
             args += ["-i", self.backup_id]
+        # cwd: the mount's processes (started by that command) are found by it at clean-up
         proc = subprocess.run([*PBKFS, *args], capture_output=True, text=True,
-                              timeout=self.timeout)
+                              timeout=self.timeout, cwd=self.work)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                                else f"pbkfs mount exited {proc.returncode}")
@@ -252,18 +253,40 @@ class Drill:
         finally:
             os.close(fd)
 
+    def _mount_processes(self) -> list[int]:
+        """Processes started by the drill's `pbkfs mount` (their working directory is the
+        drill's): a mount process, maybe still starting, and its workers."""
+        from pbkfs.proc import pids
+
+        out = []
+        for pid in pids():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/cwd") == str(self.work):
+                    out.append(pid)
+        return out
+
     def settle_mount(self) -> None:
         """An interrupted `pbkfs mount` may leave its mount process starting: wait until the
-        mount point is unmounted and nothing holds the diff."""
+        mount point is unmounted and no process of that mount is left (killed after the
+        timeout: what is left then never mounted)."""
         from pbkfs.mount.mountinfo import is_mounted
 
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + min(self.timeout, 120)
+        while True:
             if is_mounted(str(self.mnt)):
                 self.mounted = True
                 self.unmount()
                 continue
-            if not self._diff_locked():
+            left = self._mount_processes()
+            if not left and not self._diff_locked():
+                return
+            if time.monotonic() > deadline:
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                if is_mounted(str(self.mnt)):
+                    subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)],
+                                   capture_output=True, timeout=60)
                 return
             time.sleep(0.1)
 

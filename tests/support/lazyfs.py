@@ -918,10 +918,18 @@ class LazyFS:
     def unmount(self) -> None:
         """Clean unmount: everything is written through first."""
         if self.proc is not None and self.proc.poll() is None:
-            res = subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True,
-                                 text=True, timeout=60, check=False)
-            if res.returncode != 0:
-                raise RuntimeError(f"fusermount3 -u {self.mnt}: {res.stderr.strip()}")
+            # busy for a moment after the layer above exited (its last descriptors are
+            # closed as its processes are reaped): retried for a while, then an error
+            deadline = time.monotonic() + 20
+            while True:
+                res = subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True,
+                                     text=True, timeout=60, check=False)
+                if res.returncode == 0:
+                    break
+                if "busy" not in res.stderr.lower() or time.monotonic() > deadline:
+                    raise RuntimeError(f"fusermount3 -u {self.mnt}: {res.stderr.strip()} "
+                                       f"(held by: {holders_of(self.mnt)})")
+                time.sleep(0.5)
             self.proc.wait(timeout=120)
             if self.proc.returncode != 0:
                 raise RuntimeError(f"lazyfs exited {self.proc.returncode}:\n{self.log_tail()}")
@@ -957,3 +965,22 @@ if __name__ == "__main__":
         sys.exit("usage: python -m tests.support.lazyfs ROOT MNT CONTROL_SOCKET")
     sys.exit(serve(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2]),
                    os.path.abspath(sys.argv[3])))
+
+
+def holders_of(mnt: Path) -> str:
+    """`pid (comm)` of processes with a file or working directory under `mnt`."""
+    prefix = str(mnt) + "/"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        links = [f"/proc/{pid}/cwd"]
+        with contextlib.suppress(OSError):
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        for link in links:
+            with contextlib.suppress(OSError):
+                target = os.readlink(link)
+                if target == str(mnt) or target.startswith(prefix):
+                    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+                        found.append(f"{pid} ({f.read().strip()})")
+                    break
+    return ", ".join(found) or "no process"
+

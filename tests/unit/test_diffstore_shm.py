@@ -148,3 +148,25 @@ def test_a_torn_or_half_written_entry_is_never_covered(seg: Segment) -> None:
     ENTRY.pack_into(seg.buf, pos, 9, 0, 0, 0)  # the id first, nothing else yet
     assert not seg.covered(0, slot, 9, 1, 1)
     assert not seg.covered(0, slot, 9, 200, 200)
+
+
+def test_space_reused_after_a_restart_never_shows_the_old_bits(seg: Segment) -> None:
+    """A new worker process resets its region and allocates bitmap space from the start of
+    the heap again: space that held another object's bits must read as zeros (a stale bit
+    made the frontend read a hole of the data file: zeros in place of the backup's block,
+    seen as "unexpected zero page" after a worker was killed under load)."""
+    old = Region(seg, 0)
+    old.publish(-1, 111, b"\xff" * 40, 1000)  # the dead process: many blocks in the diff
+    new = Region(seg, 0)
+    new.inherited()
+    new.reset()
+    slot = new.publish(-1, 74, b"", 28)  # an object with no block in the diff yet
+    assert slot >= 0
+    for block in range(28):
+        assert not seg.covered(0, slot, 74, block, block), block
+    slot = new.update(slot, 74, b"\x04", 0, 1, 28)  # block 2 written
+    assert seg.covered(0, slot, 74, 2, 2) and not seg.covered(0, slot, 74, 16, 16)
+    # space freed and reused within one process is zeroed as well
+    new.release(slot)
+    again = new.publish(-1, 75, b"", 28)
+    assert not any(seg.covered(0, again, 75, b, b) for b in range(28))
