@@ -1,0 +1,183 @@
+"""Many mounts of one backup, reset, and restore drills: what they cost on this machine.
+
+    .venv/bin/python -m tools.bench_clones [--scale 20] [--mounts 20] [--workers 1]
+        [--out tools/bench_results/clones.md]
+
+In one run: a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, a FULL zlib `--stream`
+backup by `tools.mkbackup`, then:
+
+* **Mounts that fit**: mounts of that backup are added one at a time, each with its own diff
+  and its own PostgreSQL (shared_buffers 16MB), until --mounts; after each, every server
+  answers `SELECT count(*) FROM pgbench_branches` and the slowest answer is recorded. The
+  resident memory of each mount's pbkfs processes is read idle (after the servers started)
+  and busy (during a pgbench select-only burst on every server at once).
+* **Reset**: a diff grown by pgbench to several sizes, then `pbkfs reset` timed.
+* **Drill vs restore**: `pbkfs drill` of the backup against the same steps done by hand on a
+  restore-like export (export, start, pg_amcheck --all --heapallindexed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.mounting import force_unmount, mount_pids  # noqa: E402
+from tests.support.postgres import (  # noqa: E402
+    PG_BIN,
+    PgCluster,
+    free_port,
+    make_owned_dir,
+    pg_workdir,
+    prepare_datadir,
+)
+from tools.bench_mount import Backup, du, export, load1, log, make_backup, rss  # noqa: E402
+
+PY = sys.executable
+SMALL_SERVER = {"shared_buffers": "16MB", "max_connections": "20"}
+
+
+def pbkfs(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([PY, "-m", "pbkfs.cli.entry", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"pbkfs {shlex.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Clone:
+    def __init__(self, work: Path, n: int, backup: Backup, workers: int) -> None:
+        self.run = make_owned_dir(work / f"clone{n}", 0o755)
+        self.data = make_owned_dir(self.run / "data", 0o700)
+        self.diff = self.run / "diff"
+        pbkfs("mount", "-B", str(backup.store), "--instance", backup.instance, "-i",
+              backup.backup_id, "-D", str(self.data), "-d", str(self.diff), "--workers",
+              str(workers))
+        self.pg = PgCluster(self.data, free_port(), self.run / "sock")
+        self.pg.start(SMALL_SERVER)
+
+    def answer_seconds(self) -> float:
+        t0 = time.monotonic()
+        self.pg.psql("SELECT count(*) FROM pgbench_branches")
+        return time.monotonic() - t0
+
+    def memory_kib(self) -> int:
+        return rss(mount_pids(self.diff))[0]
+
+    def close(self) -> None:
+        try:
+            self.pg.teardown()
+            subprocess.run([PY, "-m", "pbkfs.cli.entry", "unmount", "-D", str(self.data)],
+                           capture_output=True, timeout=600, cwd=REPO)
+        finally:
+            force_unmount(self.data, self.diff)
+
+
+def many_mounts(work: Path, backup: Backup, limit: int, workers: int) -> list[str]:
+    clones: list[Clone] = []
+    lines = ["| mounts | slowest answer of all servers (s) | pbkfs RSS per mount, idle (MB) |",
+             "| ---: | ---: | ---: |"]
+    busy_line = ""
+    try:
+        for n in range(1, limit + 1):
+            clones.append(Clone(work, n, backup, workers))
+            slowest = max(c.answer_seconds() for c in clones)
+            idle = sum(c.memory_kib() for c in clones) / len(clones) / 1024
+            log(f"  {n} mounts: slowest answer {slowest:.3f} s, idle RSS {idle:.0f} MB/mount")
+            lines.append(f"| {n} | {slowest:.3f} | {idle:.0f} |")
+        procs = [subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pgbench"), "-n", "-S", "-T", "10",
+             "-h", str(c.pg.sockdir), "-p", str(c.pg.port), "-U", "postgres", "postgres"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp") for c in clones]
+        time.sleep(7)
+        busy = sum(c.memory_kib() for c in clones) / len(clones) / 1024
+        for p in procs:
+            p.wait(timeout=120)
+        busy_line = (f"RSS per mount while pgbench select-only runs on all {len(clones)} at "
+                     f"once: {busy:.0f} MB.")
+    finally:
+        for c in clones:
+            c.close()
+    return [*lines, "", busy_line]
+
+
+def reset_times(work: Path, backup: Backup) -> list[str]:
+    lines = ["| diff size (MB) | `pbkfs reset` (s) |", "| ---: | ---: |"]
+    clone = Clone(work, 0, backup, 2)
+    try:
+        for seconds in (0, 5, 20):
+            if seconds:
+                clone.pg.run([PG_BIN / "pgbench", "-n", "-T", str(seconds), "-c", "4", "-h",
+                              clone.pg.sockdir, "-p", str(clone.pg.port), "-U", "postgres",
+                              "postgres"], timeout=seconds + 300)
+            clone.pg.stop()
+            pbkfs("unmount", "-D", str(clone.data))
+            size = du(clone.diff)
+            t0 = time.monotonic()
+            pbkfs("reset", "-d", str(clone.diff))
+            took = time.monotonic() - t0
+            lines.append(f"| {size / 1e6:.0f} | {took:.3f} |")
+            log(f"  reset of a {size / 1e6:.0f} MB diff: {took:.3f} s")
+            pbkfs("mount", "-B", str(backup.store), "--instance", backup.instance, "-i",
+                  backup.backup_id, "-D", str(clone.data), "-d", str(clone.diff))
+            clone.pg.start(SMALL_SERVER)
+    finally:
+        clone.close()
+    return lines
+
+
+def drill_vs_restore(work: Path, backup: Backup) -> list[str]:
+    t0 = time.monotonic()
+    pbkfs("drill", "-B", str(backup.store), "--instance", backup.instance, "-i",
+          backup.backup_id, timeout=3600)
+    drill_s = time.monotonic() - t0
+    run = make_owned_dir(work / "restore", 0o755)
+    t0 = time.monotonic()
+    export(backup, run / "data")
+    prepare_datadir(run / "data")
+    pg = PgCluster(run / "data", free_port(), run / "sock")
+    try:
+        pg.start()
+        pg.run([PG_BIN / "pg_amcheck", "--all", "--heapallindexed", "--install-missing",
+                "-h", pg.sockdir, "-p", str(pg.port), "-U", "postgres"], timeout=3600)
+    finally:
+        pg.teardown()
+    restore_s = time.monotonic() - t0
+    log(f"  drill {drill_s:.1f} s, restore + start + amcheck {restore_s:.1f} s")
+    return [f"`pbkfs drill` (mount, start, recovery, amcheck, clean-up): {drill_s:.1f} s; "
+            f"export + start + the same pg_amcheck: {restore_s:.1f} s "
+            f"({restore_s / drill_s:.2f}x)."]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=int, default=20)
+    ap.add_argument("--mounts", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "clones.md")
+    args = ap.parse_args()
+    out = ["# Many mounts of one backup, reset, drill", "",
+           "    .venv/bin/python -m tools.bench_clones " + " ".join(sys.argv[1:]), "",
+           f"Load average before the run: {load1():.2f}; 2 CPUs, "
+           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB.", ""]
+    with pg_workdir("pbkfs-bench-clones-") as work:
+        backup = make_backup(work / "source", args.scale, copy=False)
+        out += [f"## {args.mounts} mounts of one scale-{args.scale} backup, "
+                f"`--workers {args.workers}`, each with PostgreSQL", ""]
+        out += many_mounts(work, backup, args.mounts, args.workers)
+        out += ["", "## Reset vs diff size", ""] + reset_times(work, backup)
+        out += ["", "## Drill vs restore", ""] + drill_vs_restore(work, backup)
+    text = "\n".join(out) + "\n"
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
