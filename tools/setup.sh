@@ -22,10 +22,17 @@ fi
 # A fresh postgresql package starts a cluster we do not use; it is harmless but costs memory.
 id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 
-# The first python3 on PATH (override with PYTHON=...). PostgreSQL's OS user runs
-# `pbkfs archive-get` as restore_command: when this interpreter lives where that user cannot
-# reach it (e.g. under /root), point PBKFS_PROGRAM at a pbkfs it can run.
-PY=${PYTHON:-python3}
+# The interpreter of .venv (override with PYTHON=...): Debian's own python3 when it is 3.11 or
+# newer, so that PostgreSQL's OS user can run .venv/bin/pbkfs (restore_command runs
+# `pbkfs archive-get`): an interpreter under /root (pyenv and the like) is out of its reach.
+# Otherwise the first python3 on PATH; PBKFS_PROGRAM then names a pbkfs the server can run.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] &&
+        /usr/bin/python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' \
+        2>/dev/null; then
+    PY=/usr/bin/python3
+else
+    PY=${PYTHON:-python3}
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
