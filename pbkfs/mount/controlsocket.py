@@ -55,8 +55,12 @@ class Latency:
         }
 
 
-async def serve(path: str, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Serve requests on `path` until cancelled (the socket file is removed at the end)."""
+async def serve(path: str, answer: Callable[[dict[str, Any]], dict[str, Any]],
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve requests on `path` until cancelled (the socket file is removed at the end).
+
+    Started with `nursery.start`: it reports once the socket listens, so a `pbkfs stat`
+    right after `pbkfs mount` returned finds it."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -69,6 +73,7 @@ async def serve(path: str, answer: Callable[[dict[str, Any]], dict[str, Any]]) -
         os.umask(old)
     sock.listen(8)
     listener = trio.SocketListener(sock)
+    task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             while True:

@@ -237,7 +237,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
             write_record(record)
             nursery.start_soon(_signals, mnt)
             stats = MountStats(ops, vfs, router, p.diff.path, store_stats)
-            nursery.start_soon(control.serve, ctl, stats.answer)
+            await nursery.start(control.serve, ctl, stats.answer)  # listening before ready
 
             async def answering() -> None:
                 # The kernel's INIT has been answered: the mount works, and the kernel has

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,12 @@ def diff_bound_to_another_backup(c: Ctx) -> list[str]:
 
 def diff_in_use(c: Ctx) -> list[str]:
     c.mount_plain(c.work / "first", c.diff)
+    # the live mount logs "mounted" just after its command returned (after the kernel
+    # tuning): its own write, not the refused mount's
+    deadline = time.monotonic() + 30
+    while "mounted " not in (c.diff / "pbkfs.log").read_text():
+        assert time.monotonic() < deadline, "the first mount never logged that it mounted"
+        time.sleep(0.05)
     return ["--plain-base", str(c.base)]
 
 
