@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pbkfs.mount.listing import allocated  # noqa: E402
 from tests.support.postgres import (  # noqa: E402
     PgCluster,
     free_port,
@@ -53,18 +54,6 @@ def run(cmd: list[str], quiet: bool = False) -> str:
     if not quiet:
         sys.stdout.write(proc.stdout)
     return proc.stdout
-
-
-def du(path: Path) -> int:
-    """Bytes actually allocated under path."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
 
 
 def tps(output: str) -> str:
@@ -138,9 +127,9 @@ def main() -> int:
             run([*PBKFS, "stat", "-D", str(mnt)])
 
             step("6. What the diff holds")
-            print(f"backup catalog: {du(store) / 1e6:.1f} MB on disk (never written)")
-            print(f"diff directory: {du(diff) / 1e6:.1f} MB on disk: every block PostgreSQL "
-                  "changed, the new WAL, and the names created, renamed or removed")
+            print(f"backup catalog: {allocated(str(store)) / 1e6:.1f} MB on disk (never written)")
+            print(f"diff directory: {allocated(str(diff)) / 1e6:.1f} MB on disk: every block "
+                  "PostgreSQL changed, the new WAL, and the names created, renamed or removed")
         finally:
             step("7. Unmount and check the backup is intact")
             run([*PBKFS, "unmount", "-D", str(mnt)])

@@ -67,34 +67,24 @@ def _uptime(pid: int) -> float:
     return round(max(0.0, since_boot - st.start / os.sysconf("SC_CLK_TCK")), 1)
 
 
-def postgres_pids_in(datadir: str) -> list[int]:
-    """`postgres` processes whose working directory is `datadir` (a server on it)."""
-    out = []
-    for pid in pids():
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() != "postgres":
-                    continue
-            if os.readlink(f"/proc/{pid}/cwd") == datadir:
-                out.append(pid)
-        except OSError:
-            continue
-    return out
-
-
-def postgres_cwds() -> set[str]:
-    """Working directories of running `postgres` processes (a server's is its data
+def postgres_by_cwd() -> dict[str, list[int]]:
+    """Pids of running `postgres` processes by working directory (a server's is its data
     directory): read from /proc links, never through a mount."""
-    out: set[str] = set()
+    out: dict[str, list[int]] = {}
     for pid in pids():
         try:
             with open(f"/proc/{pid}/comm") as f:
                 if f.read().strip() != "postgres":
                     continue
-            out.add(os.readlink(f"/proc/{pid}/cwd"))
+            out.setdefault(os.readlink(f"/proc/{pid}/cwd"), []).append(pid)
         except OSError:
             continue
     return out
+
+
+def postgres_pids_in(datadir: str) -> list[int]:
+    """`postgres` processes of a server on `datadir`."""
+    return postgres_by_cwd().get(datadir, [])
 
 
 def live_mounts() -> list[MountInfo]:
@@ -104,7 +94,7 @@ def live_mounts() -> list[MountInfo]:
         names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
     except OSError:
         return []
-    running = postgres_cwds()
+    running = postgres_by_cwd()
     out: list[MountInfo] = []
     for name in names:
         try:

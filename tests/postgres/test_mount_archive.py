@@ -13,7 +13,7 @@ import pytest
 
 from pbkfs.recovery import RecoveryFiles, RecoveryPlan
 from tests.support.mounting import is_mounted, mounted, pbkfs, require_fuse
-from tests.support.pbkfs_program import server_side_pbkfs
+from tests.support.pbkfs_program import restore_program
 from tests.support.pitr import (
     Case,
     PitrSource,
@@ -40,13 +40,8 @@ def program() -> Iterator[Path]:
     """A pbkfs the server's OS user can run, used in restore_command by every mount here."""
     require_fuse()
     require_postgres()
-    with server_side_pbkfs() as prog:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("PBKFS_PROGRAM", str(prog))
-        try:
-            yield prog
-        finally:
-            mp.undo()
+    with restore_program() as prog:
+        yield prog
 
 
 @contextlib.contextmanager

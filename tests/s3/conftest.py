@@ -5,6 +5,8 @@ weed missing: skipped locally, failed in CI (tests.support.env.require).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -39,3 +41,16 @@ def bucket(s3_server: S3Server) -> str:
     name = f"t-{uuid.uuid4().hex[:16]}"
     s3_server.make_bucket(name)
     return name
+
+
+@contextlib.contextmanager
+def store_environment(server: S3Server, **extra: str) -> Iterator[None]:
+    """The server's AWS variables (and `extra`) in the environment of every pbkfs process
+    started meanwhile; the environment as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(server.env(), **extra)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.postgres.test_mount_fixtures import BIG, SMALL, check_backup
+from tests.s3.conftest import store_environment
 from tests.support.env import REPO
 from tests.support.mounting import mounted
-from tests.support.pbkfs_program import server_side_pbkfs
+from tests.support.pbkfs_program import restore_program
 from tests.support.pitr import wait_until_promoted
 from tests.support.postgres import PgCluster, free_port, make_owned_dir
 from tests.support.queries import run_queries
@@ -47,13 +47,10 @@ def s3_catalogs(s3_server: S3Server, fixtures_dir: Path,
     conf = confdir / "pbkfs.toml"
     conf.write_text(f'[store]\ncache_dir = "{confdir / "cache"}"\n')
     conf.chmod(0o644)
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env(), PBKFS_CONFIG=str(conf))
     try:
-        yield urls
+        with store_environment(s3_server, PBKFS_CONFIG=str(conf)):
+            yield urls
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         shutil.rmtree(confdir, ignore_errors=True)
 
 
@@ -116,13 +113,8 @@ def test_mount_from_s3_is_what_restore_wrote(s3_catalogs: dict[str, str], fixtur
 @pytest.fixture(scope="module")
 def program(s3_catalogs: dict[str, str]) -> Iterator[Path]:
     """A pbkfs the server's OS user can run, for restore_command."""
-    with server_side_pbkfs() as prog:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("PBKFS_PROGRAM", str(prog))
-        try:
-            yield prog
-        finally:
-            mp.undo()
+    with restore_program() as prog:
+        yield prog
 
 
 @pytest.mark.parametrize("kind", ["immediate", "latest"])

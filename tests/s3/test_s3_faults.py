@@ -16,6 +16,7 @@ import pytest
 
 from pbkfs.view import open_view
 from tests.postgres.test_mount_fixtures import mount_listing
+from tests.s3.conftest import store_environment
 from tests.support.expected import compare_listing, read_tsv
 from tests.support.mounting import mounted
 from tests.support.s3proxy import FaultProxy
@@ -32,13 +33,8 @@ def fault_catalog(s3_server: S3Server, fixtures_dir: Path) -> Iterator[str]:
     s3_server.make_bucket(bucket)
     url = f"s3://{bucket}/pg15"
     sync_dir(fixtures_dir / "pg15" / "catalog", url, env=s3_server.env())
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env())
-    try:
+    with store_environment(s3_server):
         yield url
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def config(tmp_path: Path, timeout: float, retries: int) -> tuple[str, ...]:

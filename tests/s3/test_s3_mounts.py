@@ -4,7 +4,6 @@ sharing the host's cache of fetched bytes; `pbkfs stat` shows what the store cos
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3.conftest import store_environment
 from tests.support.env import REPO
 from tests.support.mounting import mounted
 from tests.support.postgres import PgCluster, free_port, make_owned_dir
@@ -31,13 +31,8 @@ def catalog_url(s3_server: S3Server, fixtures_dir: Path,
     sync_dir(fixtures_dir / "pg15" / "catalog", url, env=s3_server.env())
     conf = tmp_path_factory.mktemp("s3conf") / "pbkfs.toml"
     conf.write_text(f'[store]\ncache_dir = "{conf.parent / "cache"}"\n')
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env(), PBKFS_CONFIG=str(conf))
-    try:
+    with store_environment(s3_server, PBKFS_CONFIG=str(conf)):
         yield url
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def stat_json(mnt: Path) -> dict[str, object]:

@@ -75,3 +75,19 @@ def server_side_mkbackup() -> Iterator[Path]:
     with server_side_program("mkbackup", "tools.mkbackup.cli", "main", 0,
                              "python -m tools.mkbackup") as program:
         yield program
+
+
+@contextlib.contextmanager
+def restore_program() -> Iterator[Path]:
+    """`server_side_pbkfs` named by $PBKFS_PROGRAM for the mounts made meanwhile (their
+    restore_command runs it)."""
+    with server_side_pbkfs() as prog:
+        saved = os.environ.get("PBKFS_PROGRAM")
+        os.environ["PBKFS_PROGRAM"] = str(prog)
+        try:
+            yield prog
+        finally:
+            if saved is None:
+                os.environ.pop("PBKFS_PROGRAM", None)
+            else:
+                os.environ["PBKFS_PROGRAM"] = saved
