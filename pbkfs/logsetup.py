@@ -7,6 +7,8 @@ the text, so people can grep either.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -35,13 +37,56 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+LOG_RESERVE = 256 * 1024
+FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def reserve_after_end(fd: int, nbytes: int) -> int:
+    """Allocate `nbytes` past the end of `fd` without changing its size; the end.
+
+    Appends into that space need no new blocks, so a log line still gets written
+    when the file system is full (the full diff directory is the news to log).
+    Best effort: a file system without fallocate just gets no reserve.
+    """
+    end = os.fstat(fd).st_size
+    _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_long(end), ctypes.c_long(nbytes))
+    return end
+
+
+class ReservedFileHandler(logging.FileHandler):
+    """A log file that keeps room for its next lines reserved on disk.
+
+    Every process of a mount appends to the same file; each tops the reserve up
+    when the file's end (whoever wrote it) comes within half of it.
+    """
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename, errors="backslashreplace")
+        self._reserved_to = 0
+        self._top_up()
+
+    def _top_up(self) -> None:
+        if self.stream is not None:
+            fd = self.stream.fileno()
+            if os.fstat(fd).st_size > self._reserved_to - LOG_RESERVE // 2:
+                self._reserved_to = reserve_after_end(fd, LOG_RESERVE) + LOG_RESERVE
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        try:
+            self._top_up()
+        except OSError:
+            pass  # the line is written; the reserve is a nicety
+
+
 def setup_logging(fmt: str = "text", level: str = "info", file: str | None = None) -> None:
     """Configure the root logger once for this process."""
     handler: logging.Handler
     if file:
         os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
         # a name that is not UTF-8 (lone surrogates) is logged as \xNN, not lost
-        handler = logging.FileHandler(file, errors="backslashreplace")
+        handler = ReservedFileHandler(file)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

@@ -67,6 +67,9 @@ class Stats:
         self.journal_syncs = 0
 
 
+FULL_LOG_EVERY_S = 10.0
+
+
 class Vfs:
     def __init__(
         self,
@@ -98,6 +101,8 @@ class Vfs:
         # the name is durable: (journal position, inode, object id).
         self.removals: list[tuple[int, int, int]] = []
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
+        self.full_refusals = 0  # requests answered ENOSPC
+        self._full_logged_at = -FULL_LOG_EVERY_S
 
     # -- helpers -----------------------------------------------------------------
 
@@ -182,8 +187,19 @@ class Vfs:
         """A write or fsync the worker could not do: recorded for every handle, and logged."""
         self._fail(node, reply.errno)
         self.log(f"{what}: {reply.message}")
-        if reply.errno == errno.ENOSPC:
-            self.log(f"the diff directory {self.statfs_path} is full")
+
+    def note_full(self) -> None:
+        """A request refused for want of space: say which directory is full, not too often.
+
+        Any operation can meet a full diff (a data write, a namespace journal record of
+        a create or rename); the line naming the directory is what the DBA looks for.
+        """
+        self.full_refusals += 1
+        now = time.monotonic()
+        if now - self._full_logged_at >= FULL_LOG_EVERY_S:
+            self._full_logged_at = now
+            self.log(f"the diff directory {self.statfs_path} is full "
+                     f"({self.full_refusals} requests refused for want of space so far)")
 
     def _objfd(self, fid: int) -> int | None:
         fd = self.fds.get(fid)

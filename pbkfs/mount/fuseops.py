@@ -50,11 +50,15 @@ def _errors(fn: Handler[Params, T]) -> Handler[Params, T]:
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
+            if exc.errno == errno.ENOSPC:
+                self.vfs.note_full()
             raise pyfuse3.FUSEError(exc.errno) from None
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
             self.vfs.log(f"{fn.__name__}: {exc}")
+            if exc.errno == errno.ENOSPC:
+                self.vfs.note_full()
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception as exc:  # noqa: BLE001 - the kernel gets EIO, the log the reason
             self.vfs.log(f"{fn.__name__}: internal error {type(exc).__name__}: {exc}")

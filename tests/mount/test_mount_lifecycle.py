@@ -86,7 +86,9 @@ def test_unmount_busy_not_mounted_and_dead(work: Path, base: Path) -> None:
         kill9_mount(diff)
         with pytest.raises(OSError) as e:
             (mnt / "dir" / "created-after-death").write_bytes(b"x")  # cached stat would work
-        assert e.value.errno == errno.ENOTCONN
+        # ENOTCONN once the connection is gone; ECONNABORTED if the request was queued
+        # in the moment the kernel aborted it
+        assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert not is_mounted(mnt)  # unmount cleared the dead endpoint
 
 

@@ -147,16 +147,31 @@ def kill9_mount(diff: Path) -> list[int]:
                     break
             except ChildProcessError:
                 pass
-            if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+            if _exited(pid):
                 break
             time.sleep(0.02)
     return pids
 
 
-def _zombie(pid: int) -> bool:
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie whose every thread has exited too.
+
+    A killed multi-threaded process shows its leader as a zombie while other
+    threads are still exiting and still hold its files (the /dev/fuse fd).
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] == "Z"
+            if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                return False
+        return all(_thread_dead(pid, tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+
+
+def _thread_dead(pid: int, tid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
         return True
 
