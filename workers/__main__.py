@@ -42,6 +42,10 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         log(f"cannot open the source: {exc}")
         return 2
+    if spec.layers:  # a branch: reads fall through the diffs under it
+        from pbkfs.diff.layers import Layers
+
+        source.layers = Layers(spec.layers, source.block_size)
     region = None
     inherited: dict[int, bytes] = {}
     if spec.shm:

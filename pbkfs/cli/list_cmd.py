@@ -33,9 +33,12 @@ def list_cmd(diffs_dir: str | None, fmt: str) -> None:
         if diffs_dir:
             click.echo(f"{d['diff']}  {d['store']} {d['instance']} {d['backup']}  "
                        f"{d['diff_bytes'] / 1e6:.1f} MB  last used {d['last_used']}"
-                       + (f"  mounted at {d['mounted_at']}" if d["mounted_at"] else ""))
+                       + (f"  mounted at {d['mounted_at']}" if d["mounted_at"] else "")
+                       + (f"  branch of {d['parent']}" if d["parent"] else "")
+                       + (f"  branches: {', '.join(d['children'])}" if d["children"] else ""))
         else:
             click.echo(f"{d['mountpoint']}  {d['store']} {d['instance']} {d['backup']}  "
                        f"diff {d['diff']} ({d['diff_bytes'] / 1e6:.1f} MB)  pid {d['pid']}  "
                        f"up {d['uptime_s']:.0f} s  PostgreSQL "
-                       f"{'running' if d['postgresql_running'] else 'not running'}")
+                       f"{'running' if d['postgresql_running'] else 'not running'}"
+                       + (f"  layers: {' <- '.join(d['parents'])}" if d["parents"] else ""))

@@ -56,6 +56,9 @@ from pbkfs.recovery.options import recovery_target_options
               help="Unmount this long after mounting, whatever happens.")
 @click.option("--remove-diff", is_flag=True,
               help="When --idle-timeout or --ttl ends the mount, also remove its diff.")
+@click.option("--from", "parent", metavar="DIFF", type=click.Path(path_type=str),
+              help="Branch: start the new diff (-d) from the current state of the unmounted "
+                   "diff DIFF, which becomes a read-only layer under it (no data copied).")
 @click.option("--foreground", is_flag=True, help="Stay attached; log to stderr.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds to wait for the mount to answer (default: mount.timeout).")
@@ -81,6 +84,7 @@ def mount(
     idle_timeout: str | None,
     ttl: str | None,
     remove_diff: bool,
+    parent: str | None,
     foreground: bool,
     timeout: float | None,
     **recovery_options: Any,
@@ -91,6 +95,9 @@ def mount(
     settings as `pg_probackup restore` writes them, with restore_command = `pbkfs
     archive-get` on this catalog; by default they stop at the backup's consistent point and
     promote. With a target and no -i, pbkfs picks the newest backup that can reach it.
+
+    A diff that exists already remounts without -B/--instance (its binding names the
+    backup); --from DIFF branches from an unmounted diff.
     """
     from pbkfs.mount.launch import Launch, take_early
 
@@ -100,10 +107,20 @@ def mount(
         _mount(launch, store, instance, backup_id, mountpoint, diff, workers, owner,
                config_file, local_wal, perf_unsafe, no_wal, force, no_postgresql_conf,
                no_writeback_cache, plain_base, foreground, timeout, recovery_options,
-               expiry_options(idle_timeout, ttl, remove_diff))
+               expiry_options(idle_timeout, ttl, remove_diff), parent)
     finally:
         if launch is not None:
             launch.abandon()
+
+
+def _bound_source(diff: str) -> Any:
+    """The source a diff directory's binding names (None: no diff there)."""
+    from pbkfs.diff.directory import DiffDir
+
+    if not os.path.isdir(diff):
+        return None
+    binding = DiffDir(diff).read_binding()
+    return binding.source if binding is not None else None
 
 
 def expiry_options(idle_timeout: str | None, ttl: str | None, remove_diff: bool
@@ -124,7 +141,7 @@ def _mount(
     config_file: str | None, local_wal: bool | None, perf_unsafe: bool, no_wal: bool,
     force: bool, no_postgresql_conf: bool, no_writeback_cache: bool, plain_base: str | None,
     foreground: bool, timeout: float | None, recovery_options: dict[str, Any],
-    expiry: dict[str, Any],
+    expiry: dict[str, Any], parent: str | None = None,
 ) -> None:
     from pbkfs.config import load_config, worker_count
     from pbkfs.mount import daemon
@@ -142,7 +159,15 @@ def _mount(
         timeout = max(cfg.mount.timeout, 1.0)
 
     recovery: MountRecovery | None = None
-    if plain_base:
+    bound = _bound_source(parent or diff) if parent or not (store or instance) else None
+    if parent and bound is None:
+        raise UsageError(f"--from {parent}: not a pbkfs diff (no binding.json)")
+    if bound is not None and not plain_base:
+        if store or instance or backup_id or any(recovery_options.values()):
+            raise UsageError("-B/--instance/-i and recovery targets come from the diff's "
+                             f"binding here ({os.path.abspath(parent or diff)}); leave them out")
+        spec = bound  # a remount, or a branch: the backup its binding names
+    elif plain_base:
         spec = SourceSpec("plain", path=os.path.abspath(plain_base))
     else:
         missing = [n for n, v in (("-B/--backup-path", store), ("--instance", instance))
@@ -183,6 +208,7 @@ def _mount(
         perf_unsafe=perf_unsafe,
         no_wal=no_wal,
         force=force,
+        parent=os.path.abspath(parent) if parent else "",
         **expiry,
     )
     if foreground:

@@ -7,6 +7,7 @@
   ns/              namespace journal and snapshots (journal.py)
   objects/         <fid> data files and <fid>.map block maps (diffstore.py)
   wal/             pg_wal (bind-mounted over the mount's pg_wal, or its symlink's target)
+  children/        one entry per branch stacked on this diff (pbkfs.diff.layers)
   pbkfs.log        log of background mounts
 ```
 
@@ -41,6 +42,7 @@ class Binding(msgspec.Struct):
     format: int = FORMAT
     resumable: bool = True  # False once mounted with --no-wal (pbkfs.diff.durability)
     wal_bind: bool = False  # local_wal: wal/ bind-mounted over pg_wal (else pg_wal a symlink)
+    parent: str = ""  # a branch: the diff under this one (pbkfs.diff.layers)
 
 
 class LockInfo(msgspec.Struct):
@@ -50,7 +52,7 @@ class LockInfo(msgspec.Struct):
     started: str
 
 
-def _same_source(a: SourceSpec, b: SourceSpec) -> bool:
+def same_source(a: SourceSpec, b: SourceSpec) -> bool:
     if a.kind != b.kind:
         return False
     if a.kind == "plain":
@@ -183,7 +185,7 @@ class DiffDir:
         if existing is not None:
             if not existing.resumable:
                 raise not_resumable_error(self.path)
-            if not _same_source(existing.source, spec):
+            if not same_source(existing.source, spec):
                 raise UsageError(
                     f"diff directory {self.path} is bound to {describe(existing.source)}; "
                     f"it cannot be used for {describe(spec)} (choose another diff directory)"

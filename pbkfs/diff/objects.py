@@ -56,6 +56,45 @@ def map_path(objects: str, fid: int) -> str:
     return os.path.join(objects, f"{fid}.map")
 
 
+def _pad(data: bytes, n: int) -> bytes:
+    return data if len(data) >= n else data + bytes(n - len(data))
+
+
+def read_object(fd: int, size: int, bm: BlockMap | None, origin: str | None, bs: int,
+                base: BaseReader, off: int, length: int) -> bytes:
+    """Bytes [off, off+length) of an object: its blocks in the diff from the data file,
+    the others from `base` at `origin` (one read per run of either kind).
+
+    Shared by the owning worker and by the read-only layers under a branch
+    (`pbkfs.diff.layers`): an object reads the same whoever reads it.
+    """
+    if off >= size or length <= 0:
+        return b""
+    length = min(length, size - off)
+    if bm is None:
+        return _pad(pread_exact(fd, length, off), length)
+    end = off + length
+    parts: list[bytes] = []
+    pos = off
+    while pos < end:
+        b = pos // bs
+        in_diff = bm.has(b)
+        run_end = min(end, (b + 1) * bs)
+        nb = b + 1
+        while run_end < end and bm.has(nb) == in_diff:
+            run_end = min(end, (nb + 1) * bs)
+            nb += 1
+        n = run_end - pos
+        if in_diff:
+            chunk = _pad(pread_exact(fd, n, pos), n)
+        else:
+            assert origin is not None
+            chunk = _pad(base.read(origin, pos, n), n)
+        parts.append(chunk)
+        pos = run_end
+    return b"".join(parts)
+
+
 class Obj:
     """One open object."""
 
@@ -280,33 +319,7 @@ class ObjectStore:
         return os.path.exists(path)
 
     def _read(self, obj: Obj, off: int, length: int) -> bytes:
-        if off >= obj.size or length <= 0:
-            return b""
-        length = min(length, obj.size - off)
-        bm = obj.map
-        if bm is None:
-            return self._pad(pread_exact(obj.fd, length, off), length)
-        bs = self.bs
-        end = off + length
-        parts: list[bytes] = []
-        pos = off
-        while pos < end:
-            b = pos // bs
-            in_diff = bm.has(b)
-            run_end = min(end, (b + 1) * bs)
-            nb = b + 1
-            while run_end < end and bm.has(nb) == in_diff:
-                run_end = min(end, (nb + 1) * bs)
-                nb += 1
-            n = run_end - pos
-            if in_diff:
-                chunk = self._pad(pread_exact(obj.fd, n, pos), n)
-            else:
-                assert obj.origin is not None
-                chunk = self._pad(self.base.read(obj.origin, pos, n), n)
-            parts.append(chunk)
-            pos = run_end
-        return b"".join(parts)
+        return read_object(obj.fd, obj.size, obj.map, obj.origin, self.bs, self.base, off, length)
 
     @staticmethod
     def _pad(data: bytes, n: int) -> bytes:

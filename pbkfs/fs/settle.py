@@ -30,17 +30,21 @@ def open_namespace(
     gid: int = 0,
     journal: Callable[[J.Rec], int] | None = None,
     log: Callable[[str], None] | None = None,
+    base: J.Snapshot | None = None,
 ) -> tuple[Namespace, int]:
     """The namespace a diff holds, and how many journal records were replayed.
 
     The snapshot (or, for generation 0, the backup's entries), the journal
     records replayed on top, sizes settled from the diff files. `uid`/`gid`
     own what comes from the backup and the root; `journal` receives the
-    records of later changes.
+    records of later changes. A branch starts (generation 0) from `base`, the
+    tree of the diffs under it (pbkfs.diff.layers), not from the backup's entries.
     """
     ns = Namespace(uid, gid, base_time_ns, journal=journal)
     if snap is not None:
         ns.load_snapshot(snap)
+    elif base is not None:
+        ns.load_snapshot(base)
     else:
         ns.load_entries(source.entries(), root_mode=0o700)
     ns.root.uid, ns.root.gid = uid, gid

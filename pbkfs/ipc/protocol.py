@@ -169,3 +169,4 @@ class WorkerSpec(msgspec.Struct):
     log_level: str = "info"
     caches: CacheConfig = msgspec.field(default_factory=CacheConfig)  # of the worker's view
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)  # s3:// catalogs
+    layers: list[str] = msgspec.field(default_factory=list)  # a branch's ancestors' objects/

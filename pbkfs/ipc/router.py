@@ -196,10 +196,12 @@ class Router:
         caches: CacheConfig | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
         store: StoreConfig | None = None,
+        layers: list[str] | None = None,
     ) -> None:
         self.n = worker_count(n)
         self.specs = [WorkerSpec(i, source, objects, shm, threads, log_format, log_level,
-                                 caches or CacheConfig(), store or StoreConfig())
+                                 caches or CacheConfig(), store or StoreConfig(),
+                                 list(layers or []))
                       for i in range(n)]
         self.conns: list[WorkerConn] = []
         self._rid = 0

@@ -10,6 +10,8 @@ Safety rules, in the order they are checked:
   own names (a mount that died before binding, a half-deleted diff), and only
   with `--force`; a directory with anything else in it is not a pbkfs diff and
   is refused; an empty directory is left as it is;
+* a diff other diffs are stacked on (branches, `pbkfs.diff.layers`) is refused,
+  naming them; wiping a branch removes its entry from its parent;
 * entries are removed without following symlinks (`shutil.rmtree` works on
   directory file descriptors here), so a symlink in the diff is removed, never
   what it points to.
@@ -31,12 +33,13 @@ import stat
 import msgspec
 
 from pbkfs.diff.directory import DiffDir, LockInfo, write_atomic
+from pbkfs.diff.layers import refuse_if_parent, unregister_child
 from pbkfs.errors import UsageError
 from pbkfs.fsutil import fsync_dir
 from pbkfs.proc import pid_alive
 
 # Everything a mount puts into a diff directory (see diffdir.py), and its temporary names.
-OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log"}
+OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log", "children"}
 
 
 def _own(name: str) -> bool:
@@ -111,11 +114,17 @@ def wipe(path: str, force: bool = False, keep_binding: bool = False) -> list[str
     if not names:
         return [f"{real} is empty; nothing to clean"]
     binding_state = "ok"
+    parent = ""
     try:
-        if diff.read_binding() is None:
+        binding = diff.read_binding()
+        if binding is None:
             binding_state = "missing"
+        else:
+            parent = binding.parent
     except (UsageError, OSError) as exc:
         binding_state = f"unreadable ({exc})"
+    # Branches read through this diff's objects: it stays as they saw it.
+    refuse_if_parent(diff, "reset" if keep_binding else "cleanup")
     if keep_binding and binding_state != "ok":
         raise UsageError(f"{real}: binding.json {binding_state}: nothing to reset to "
                          "(pbkfs cleanup wipes a broken diff)")
@@ -170,6 +179,8 @@ def wipe(path: str, force: bool = False, keep_binding: bool = False) -> list[str
                                                                          resumable=True)))
         os.unlink(diff.lock_path)
         fsync_dir(real)
+        if parent and not keep_binding:
+            unregister_child(parent, real)
         notes += _stale_runtime(real)
         if keep_binding:
             notes.append(f"reset {real} ({removed} entries removed; the binding is kept: the "

@@ -31,7 +31,8 @@ import pyfuse3
 import trio
 
 from pbkfs.config import worker_count
-from pbkfs.diff.directory import DiffDir
+from pbkfs.diff import journal as J
+from pbkfs.diff.directory import Binding, DiffDir, describe, same_source
 from pbkfs.diff.durability import (
     check_dirty,
     clear_dirty,
@@ -40,8 +41,17 @@ from pbkfs.diff.durability import (
     remove_scratch,
 )
 from pbkfs.diff.journal import JournalDir
+from pbkfs.diff.layers import (
+    Layers,
+    ancestors,
+    base_snapshot,
+    branch_binding,
+    hold_shared,
+    refuse_if_parent,
+)
 from pbkfs.diff.sharedmaps import Segment, remove_stale, segment_name
 from pbkfs.errors import PbkfsError, UsageError
+from pbkfs.fs.branchwal import setup_branch_wal
 from pbkfs.fs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
 from pbkfs.fs.namespace import Namespace
 from pbkfs.fs.settle import collect_garbage, open_namespace
@@ -98,6 +108,8 @@ class Prepared:
         self.gid = 0
         self.scratch = ""  # --no-wal: where pg_wal lives while mounted
         self.local_wal = False  # pg_wal in <diff>/wal (resolved from the options and binding)
+        self.layers: list[str] = []  # a branch: the objects/ of the diffs under it, bottom first
+        self.layer_locks: list[int] = []  # shared flocks on those diffs, held while mounted
         self.wal_bind = False  # ... bind-mounted over the mount's pg_wal (pbkfs.mount.walbind)
 
 
@@ -125,10 +137,32 @@ def prepare(opts: MountOptions) -> Prepared:
         if opts.no_wal and bound is not None:
             raise UsageError(f"--no-wal needs a new diff directory; {diff.path} already "
                              "holds a resumable diff (its WAL would be lost)")
+    parent = DiffDir(opts.parent) if opts.parent else None
+    if parent is not None:
+        if bound is not None:
+            raise UsageError(f"diff directory {diff.path} already holds a diff: mount it "
+                             "without --from")
+        pb = parent.read_binding()
+        if pb is None:
+            raise UsageError(f"--from {parent.path}: not a pbkfs diff (no binding.json)")
+        if not same_source(pb.source, opts.source):
+            raise UsageError(f"--from {parent.path}: bound to {describe(pb.source)}, not to "
+                             f"{describe(opts.source)}")
+        if check_dirty(parent.path, opts.force):
+            log(f"parent diff {parent.path} was left dirty by a --perf-unsafe mount; "
+                "branched anyway (--force)")
+        if opts.no_wal or (opts.local_wal is not None and opts.local_wal != pb.local_wal):
+            raise UsageError("a branch keeps its parent's pg_wal layout: no --no-wal, "
+                             "--local-wal or --wal-through-mount with --from")
+        bound = pb
     p.local_wal = wal_layout(opts, bound.local_wal if bound else None, p.source)
+    refuse_if_parent(diff, "a writable mount")  # (before the lock its branches may hold)
     diff.create()
     diff.lock()
     try:
+        if parent is not None:
+            p.layer_locks.append(hold_shared(parent))  # refused while the parent is mounted
+            branch_binding(diff, parent)
         if check_dirty(diff.path, opts.force):
             log(f"diff {diff.path} was left dirty by a --perf-unsafe mount; used (--force)")
         prepare_locked(opts, p, diff, mnt)
@@ -136,10 +170,37 @@ def prepare(opts: MountOptions) -> Prepared:
             mark_dirty(diff.path)
     except BaseException:
         remove_scratch(p.scratch)
+        release_layers(p)
         diff.unlock()
         raise
     diff.publish_lock(mnt)
     return p
+
+
+def open_layers(p: Prepared, binding: Binding, lineage: list[tuple[DiffDir, Binding]]
+                ) -> J.Snapshot | None:
+    """A branch: hold its ancestors, read through their objects, start from their tree."""
+    for layer, lb in lineage:
+        if not same_source(lb.source, binding.source):
+            raise UsageError(f"parent diff {layer.path} is bound to {describe(lb.source)}, "
+                             f"not to {describe(binding.source)}")
+        p.layer_locks.append(hold_shared(layer))
+    p.layers = [layer.objects for layer, _ in lineage]
+    p.source.layers = Layers(p.layers, p.source.block_size)
+
+    def open_layer(layer: DiffDir, base: J.Snapshot | None, snap: J.Snapshot | None,
+                   records: list[J.Record], base_time_ns: int) -> J.Snapshot:
+        ns, _ = open_namespace(layer, p.source, base_time_ns, snap, records,
+                               uid=p.uid, gid=p.gid, log=log, base=base)
+        return ns.snapshot(0)
+
+    return base_snapshot(lineage, open_layer)
+
+
+def release_layers(p: Prepared) -> None:
+    for fd in p.layer_locks:
+        os.close(fd)
+    p.layer_locks.clear()
 
 
 def wal_layout(opts: MountOptions, bound: bool | None, source: Source) -> bool:
@@ -158,13 +219,25 @@ def prepare_locked(opts: MountOptions, p: Prepared, diff: DiffDir, mnt: str) -> 
     binding = diff.bind(opts.source, p.source.chain_ids(), p.local_wal,
                         resumable=not opts.no_wal, wal_bind=os.geteuid() == 0)
     p.wal_bind = binding.local_wal and binding.wal_bind
+    lineage = ancestors(diff, binding)
+    base = open_layers(p, binding, lineage) if lineage else None
     jdir = JournalDir(diff.ns)
     snap, records = jdir.load()
     ns, replayed = open_namespace(diff, p.source, binding.base_time_ns, snap, records,
-                                  uid=p.uid, gid=p.gid, journal=jdir.append, log=log)
+                                  uid=p.uid, gid=p.gid, journal=jdir.append, log=log, base=base)
     removed = collect_garbage(ns, diff)
     fresh = snap is None and not records
-    if fresh:
+    if fresh and lineage:
+        # The first mount of a branch: the tree is the parent's (its settings and
+        # recovery files included); only a local pg_wal needs a copy of its own.
+        if p.local_wal:
+            copied, skipped = setup_branch_wal(ns, diff, lineage[-1][0], p.uid, p.gid,
+                                               bind=p.wal_bind)
+            log(f"branch of {lineage[-1][0].path}: copied {copied} files of its pg_wal "
+                f"({skipped} recycled segments left out)")
+        jdir.sync()
+        jdir.write_snapshot(ns.snapshot(jdir.generation + 1))
+    elif fresh:
         # The first mount of this diff: shape the tree once, then persist it as a snapshot.
         if ns.root.children and "PG_VERSION" in ns.root.children:  # a data directory
             rec = opts.recovery
@@ -195,7 +268,8 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     store_stats = stats_dir(shm_name) if opts.source.store.startswith("s3://") else ""
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
                     log=log_error, caches=opts.caches, request_timeout=opts.request_timeout,
-                    log_format=opts.log_format, log_level=opts.log_level, store=opts.store)
+                    log_format=opts.log_format, log_level=opts.log_level, store=opts.store,
+                    layers=p.layers)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.source.block_size
     vfs.defer_fsync = opts.perf_unsafe
@@ -325,6 +399,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
             shutil.rmtree(store_stats, ignore_errors=True)
         remove_record(mnt)
         p.diff.unlock()
+        release_layers(p)
         p.source.close()
         log(f"unmounted {mnt}")
         if expired and opts.remove_diff:

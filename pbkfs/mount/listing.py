@@ -13,7 +13,9 @@ import time
 
 import msgspec
 
-from pbkfs.diff.directory import DiffDir
+from pbkfs.diff.directory import Binding, DiffDir
+from pbkfs.diff.layers import ancestors, live_children
+from pbkfs.errors import PbkfsError
 from pbkfs.mount.runtime import RuntimeRecord, frontend_alive, runtime_dir
 from pbkfs.proc import pids, proc_stat
 
@@ -109,9 +111,20 @@ def live_mounts() -> list[MountInfo]:
         out.append(MountInfo(
             mountpoint=rec.mountpoint, store=src.store or src.path if src else "",
             instance=src.instance if src else "", backup=src.backup_id if src else "",
-            diff=rec.diff, parents=[], pid=rec.pid, uptime_s=_uptime(rec.pid),
+            diff=rec.diff, parents=_parents(DiffDir(rec.diff), binding), pid=rec.pid,
+            uptime_s=_uptime(rec.pid),
             diff_bytes=allocated(rec.diff), postgresql_running=rec.mountpoint in running))
     return sorted(out, key=lambda m: m.mountpoint)
+
+
+def _parents(diff: DiffDir, binding: Binding | None) -> list[str]:
+    """A branch's layers, nearest parent first (pbkfs.diff.layers)."""
+    if binding is None:
+        return []
+    try:
+        return [layer.path for layer, _ in reversed(ancestors(diff, binding))]
+    except PbkfsError as exc:
+        return [f"? ({exc})"]
 
 
 def _mounted_at(diff: DiffDir) -> str | None:
@@ -157,6 +170,7 @@ def diffs_under(directory: str) -> list[DiffInfo]:
         out.append(DiffInfo(
             diff=diff.path, store=src.store or src.path if src else "",
             instance=src.instance if src else "", backup=src.backup_id if src else "",
-            diff_bytes=allocated(diff.path), parent=None, children=[], last_used=last,
+            diff_bytes=allocated(diff.path), parent=(binding.parent or None) if binding else None,
+            children=live_children(diff), last_used=last,
             mounted_at=_mounted_at(diff)))
     return out

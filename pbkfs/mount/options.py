@@ -42,3 +42,4 @@ class MountOptions(msgspec.Struct):
     idle_timeout: float = 0.0  # seconds without requests or open files before unmounting
     ttl: float = 0.0  # seconds after the start before unmounting, whatever happens
     remove_diff: bool = False  # an expired mount also removes its diff
+    parent: str = ""  # --from: a new diff stacked on this unmounted one (pbkfs.diff.layers)

@@ -89,14 +89,21 @@ class Source:
         self.spec = spec
         self.view = view
         self.block_size: int = view.block_size
+        # A branch's ancestor diffs (pbkfs.diff.layers.Layers): paths starting with "/"
+        # are references to their objects; a backup path never starts with "/".
+        self.layers: Any = None
 
     def entries(self) -> Iterator[Any]:
         return iter(self.view.entries())
 
     def read(self, path: str, offset: int, length: int) -> bytes:
+        if path[:1] == "/" and self.layers is not None:
+            return bytes(self.layers.read(path, offset, length, self))
         return bytes(self.view.read(path, offset, length))
 
     def base_size(self, path: str) -> int:
+        if path[:1] == "/" and self.layers is not None:
+            return int(self.layers.size(path))
         e = self.view.entry(path)
         if e is None:
             raise FileNotFoundError(path)
@@ -110,6 +117,8 @@ class Source:
         return [b.id for b in getattr(self.view, "chain", [])]
 
     def close(self) -> None:
+        if self.layers is not None:
+            self.layers.close()
         self.view.close()
 
 

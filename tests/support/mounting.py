@@ -102,8 +102,9 @@ def mount(
     args = ["mount", "-D", str(mnt), "-d", str(diff), "--workers", str(workers)]
     if plain is not None:
         args += ["--plain-base", str(plain)]
-    else:
+    elif store is not None:
         args += ["-B", str(store), "--instance", instance, "-i", backup_id]
+    # neither: a remount or a branch (--from in `extra`), the binding names the source
     pbkfs(*args, *extra)
     assert is_mounted(mnt)
 
