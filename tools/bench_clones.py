@@ -1,7 +1,7 @@
 """Many mounts of one backup, reset, and restore drills: what they cost on this machine.
 
     .venv/bin/python -m tools.bench_clones [--scale 20] [--mounts 20] [--workers 1]
-        [--out tools/bench_results/clones.md]
+        [--out tools/bench_results/clones.md] [--parts mounts,reset,drill]
 
 In one run: a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, a FULL zlib `--stream`
 backup by `tools.mkbackup`, then:
@@ -11,7 +11,8 @@ backup by `tools.mkbackup`, then:
   answers `SELECT count(*) FROM pgbench_branches` and the slowest answer is recorded. The
   resident memory of each mount's pbkfs processes is read idle (after the servers started)
   and busy (during a pgbench select-only burst on every server at once).
-* **Reset**: a diff grown by pgbench to several sizes, then `pbkfs reset` timed.
+* **Branch and reset**: a diff grown by pgbench to several sizes; at each, `pbkfs mount
+  --from` it timed (and to the branch's first query), then `pbkfs reset` timed.
 * **Drill vs restore**: `pbkfs drill` of the backup against the same steps done by hand on a
   restore-like export (export, start, pg_amcheck --all --heapallindexed).
 """
@@ -108,8 +109,31 @@ def many_mounts(work: Path, backup: Backup, limit: int, workers: int) -> list[st
     return [*lines, "", busy_line]
 
 
+def branch_seconds(work: Path, parent: Path) -> tuple[float, float]:
+    """`pbkfs mount --from parent` (s), then to the branch's first query (s); removed after."""
+    run = make_owned_dir(work / "branch", 0o755)
+    data = make_owned_dir(run / "data", 0o700)
+    diff = run / "diff"
+    t0 = time.monotonic()
+    pbkfs("mount", "-D", str(data), "-d", str(diff), "--from", str(parent))
+    mounted = time.monotonic() - t0
+    pg = PgCluster(data, free_port(), run / "sock")
+    try:
+        pg.start(SMALL_SERVER)
+        pg.psql("SELECT count(*) FROM pgbench_branches")
+        first_query = time.monotonic() - t0
+    finally:
+        pg.teardown()
+        subprocess.run([PY, "-m", "pbkfs.cli.entry", "unmount", "-D", str(data)],
+                       capture_output=True, timeout=600, cwd=REPO)
+        force_unmount(data, diff)
+    pbkfs("cleanup", "-d", str(diff))
+    return mounted, first_query
+
+
 def reset_times(work: Path, backup: Backup) -> list[str]:
-    lines = ["| diff size (MB) | `pbkfs reset` (s) |", "| ---: | ---: |"]
+    lines = ["| diff size (MB) | `pbkfs mount --from` it (s) | branch to first query (s) "
+             "| `pbkfs reset` (s) |", "| ---: | ---: | ---: | ---: |"]
     clone = Clone(work, 0, backup, 2)
     try:
         for seconds in (0, 5, 20):
@@ -120,11 +144,13 @@ def reset_times(work: Path, backup: Backup) -> list[str]:
             clone.pg.stop()
             pbkfs("unmount", "-D", str(clone.data))
             size = du(clone.diff)
+            branched, answered = branch_seconds(work, clone.diff)
             t0 = time.monotonic()
             pbkfs("reset", "-d", str(clone.diff))
             took = time.monotonic() - t0
-            lines.append(f"| {size / 1e6:.0f} | {took:.3f} |")
-            log(f"  reset of a {size / 1e6:.0f} MB diff: {took:.3f} s")
+            lines.append(f"| {size / 1e6:.0f} | {branched:.3f} | {answered:.2f} | {took:.3f} |")
+            log(f"  a {size / 1e6:.0f} MB diff: branch {branched:.3f} s (first query "
+                f"{answered:.2f} s), reset {took:.3f} s")
             pbkfs("mount", "-B", str(backup.store), "--instance", backup.instance, "-i",
                   backup.backup_id, "-D", str(clone.data), "-d", str(clone.diff))
             clone.pg.start(SMALL_SERVER)
@@ -162,18 +188,24 @@ def main() -> None:
     ap.add_argument("--mounts", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "clones.md")
+    ap.add_argument("--parts", default="mounts,reset,drill",
+                    help="comma-separated: mounts, reset (with branches), drill")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     out = ["# Many mounts of one backup, reset, drill", "",
            "    .venv/bin/python -m tools.bench_clones " + " ".join(sys.argv[1:]), "",
            f"Load average before the run: {load1():.2f}; 2 CPUs, "
            f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB.", ""]
     with pg_workdir("pbkfs-bench-clones-") as work:
         backup = make_backup(work / "source", args.scale, copy=False)
-        out += [f"## {args.mounts} mounts of one scale-{args.scale} backup, "
-                f"`--workers {args.workers}`, each with PostgreSQL", ""]
-        out += many_mounts(work, backup, args.mounts, args.workers)
-        out += ["", "## Reset vs diff size", ""] + reset_times(work, backup)
-        out += ["", "## Drill vs restore", ""] + drill_vs_restore(work, backup)
+        if "mounts" in parts:
+            out += [f"## {args.mounts} mounts of one scale-{args.scale} backup, "
+                    f"`--workers {args.workers}`, each with PostgreSQL", ""]
+            out += many_mounts(work, backup, args.mounts, args.workers)
+        if "reset" in parts:
+            out += ["", "## Branch and reset vs diff size", ""] + reset_times(work, backup)
+        if "drill" in parts:
+            out += ["", "## Drill vs restore", ""] + drill_vs_restore(work, backup)
     text = "\n".join(out) + "\n"
     args.out.write_text(text)
     print(text)
