@@ -39,7 +39,16 @@ from tests.support.postgres import (  # noqa: E402
     pg_workdir,
     prepare_datadir,
 )
-from tools.bench_mount import Backup, du, export, load1, log, make_backup, rss  # noqa: E402
+from tools.bench_mount import (  # noqa: E402
+    Backup,
+    du,
+    export,
+    load1,
+    log,
+    make_backup,
+    pss,
+    rss,
+)
 
 PY = sys.executable
 SMALL_SERVER = {"shared_buffers": "16MB", "max_connections": "20"}
@@ -69,8 +78,10 @@ class Clone:
         self.pg.psql("SELECT count(*) FROM pgbench_branches")
         return time.monotonic() - t0
 
-    def memory_kib(self) -> int:
-        return rss(mount_pids(self.diff))[0]
+    def memory_kib(self) -> tuple[int, int]:
+        """(RSS, PSS) of this mount's pbkfs processes."""
+        pids = mount_pids(self.diff)
+        return rss(pids)[0], pss(pids)
 
     def close(self) -> None:
         try:
@@ -83,26 +94,31 @@ class Clone:
 
 def many_mounts(work: Path, backup: Backup, limit: int, workers: int) -> list[str]:
     clones: list[Clone] = []
-    lines = ["| mounts | slowest answer of all servers (s) | pbkfs RSS per mount, idle (MB) |",
-             "| ---: | ---: | ---: |"]
+    lines = ["| mounts | slowest answer of all servers (s) | pbkfs RSS per mount, idle (MB) "
+             "| pbkfs PSS per mount, idle (MB) |", "| ---: | ---: | ---: | ---: |"]
     busy_line = ""
     try:
         for n in range(1, limit + 1):
             clones.append(Clone(work, n, backup, workers))
             slowest = max(c.answer_seconds() for c in clones)
-            idle = sum(c.memory_kib() for c in clones) / len(clones) / 1024
-            log(f"  {n} mounts: slowest answer {slowest:.3f} s, idle RSS {idle:.0f} MB/mount")
-            lines.append(f"| {n} | {slowest:.3f} | {idle:.0f} |")
+            mem = [c.memory_kib() for c in clones]
+            idle = sum(m[0] for m in mem) / len(clones) / 1024
+            idle_pss = sum(m[1] for m in mem) / len(clones) / 1024
+            log(f"  {n} mounts: slowest answer {slowest:.3f} s, idle RSS {idle:.0f} MB/mount, "
+                f"PSS {idle_pss:.0f} MB/mount")
+            lines.append(f"| {n} | {slowest:.3f} | {idle:.0f} | {idle_pss:.0f} |")
         procs = [subprocess.Popen(
             ["runuser", "-u", "postgres", "--", str(PG_BIN / "pgbench"), "-n", "-S", "-T", "10",
              "-h", str(c.pg.sockdir), "-p", str(c.pg.port), "-U", "postgres", "postgres"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp") for c in clones]
         time.sleep(7)
-        busy = sum(c.memory_kib() for c in clones) / len(clones) / 1024
+        busy_mem = [c.memory_kib() for c in clones]
+        busy = sum(m[0] for m in busy_mem) / len(clones) / 1024
+        busy_pss = sum(m[1] for m in busy_mem) / len(clones) / 1024
         for p in procs:
             p.wait(timeout=120)
-        busy_line = (f"RSS per mount while pgbench select-only runs on all {len(clones)} at "
-                     f"once: {busy:.0f} MB.")
+        busy_line = (f"Per mount while pgbench select-only runs on all {len(clones)} at "
+                     f"once: RSS {busy:.0f} MB, PSS {busy_pss:.0f} MB.")
     finally:
         for c in clones:
             c.close()

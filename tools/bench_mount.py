@@ -343,6 +343,22 @@ def pgbench(pg: PgCluster, select: bool, clients: int, seconds: int) -> float:
     return float(m.group(1))
 
 
+def pss(pids: list[int]) -> int:
+    """Sum of proportional set sizes in KiB: pages shared with other processes (the
+    interpreter, libraries: every mount's processes run the same ones) counted in
+    shares, so the sum over all mounts is what they take together."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
 def rss(pids: list[int]) -> tuple[int, int]:
     """(sum of VmRSS, sum of VmHWM) in KiB."""
     now = peak = 0

@@ -89,8 +89,8 @@ def live_children(diff: DiffDir) -> list[str]:
     d = os.path.join(diff.path, CHILDREN)
     try:
         names = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # no branches (or no diff here: the caller says what is wrong)
     me = os.path.realpath(diff.path)
     out: list[str] = []
     for name in names:

@@ -17,6 +17,7 @@ synced, a snapshot makes the next mount fast, the lock is released.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -57,7 +58,7 @@ from pbkfs.fs.namespace import Namespace
 from pbkfs.fs.settle import collect_garbage, open_namespace
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
-from pbkfs.memtrim import start_trimmer
+from pbkfs.memtrim import start_trimmer, trim
 from pbkfs.mount import controlsocket as control
 from pbkfs.mount.checks import (
     check_entries,
@@ -101,7 +102,8 @@ class Prepared:
 
     def __init__(self) -> None:
         self.diff: DiffDir
-        self.source: Source
+        self.source: Source  # closed once the namespace is ready (prepare)
+        self.block_size = 8192
         self.ns: Namespace
         self.journal: JournalDir
         self.uid = 0
@@ -174,6 +176,13 @@ def prepare(opts: MountOptions) -> Prepared:
         diff.unlock()
         raise
     diff.publish_lock(mnt)
+    # Serving needs only the namespace: the view (file lists of the whole chain, index
+    # caches) is the workers' business, so its memory goes back now.
+    p.block_size = p.source.block_size
+    p.source.close()
+    del p.source
+    gc.collect()
+    trim()
     return p
 
 
@@ -264,14 +273,14 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     remove_stale()
     sweep_stale()
     shm_name = segment_name(os.getpid(), uuid.uuid4().hex[:8])
-    seg = Segment.create(shm_name, opts.workers, p.source.block_size)
+    seg = Segment.create(shm_name, opts.workers, p.block_size)
     store_stats = stats_dir(shm_name) if opts.source.store.startswith("s3://") else ""
     router = Router(opts.workers, opts.source, p.diff.objects, shm_name, opts.threads,
                     log=log_error, caches=opts.caches, request_timeout=opts.request_timeout,
                     log_format=opts.log_format, log_level=opts.log_level, store=opts.store,
                     layers=p.layers)
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
-    vfs.bs = p.source.block_size
+    vfs.bs = p.block_size
     vfs.defer_fsync = opts.perf_unsafe
     record: RuntimeRecord | None = None  # written once mounted
 
@@ -400,7 +409,6 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
         remove_record(mnt)
         p.diff.unlock()
         release_layers(p)
-        p.source.close()
         log(f"unmounted {mnt}")
         if expired and opts.remove_diff:
             shutil.rmtree(p.diff.path, ignore_errors=True)  # the log goes with it
