@@ -102,7 +102,7 @@ def live_children(diff: DiffDir) -> list[str]:
             continue
         if b is not None and os.path.realpath(b.parent or "/nonexistent") == me:
             out.append(child)
-    return out
+    return sorted(out)
 
 
 def refuse_if_parent(diff: DiffDir, what: str) -> None:

@@ -8,6 +8,7 @@ at that layer, also after a remount and with the page cache dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mounting import is_mounted, mount_pids, mounted, pbkfs
+from tests.support.mounting import is_mounted, kill9_mount, mount_pids, mounted, pbkfs
 
 BS = 8192
 Model = dict[str, bytes]
@@ -221,3 +222,30 @@ def test_branch_creation_does_not_copy_the_parent(work: Path, base: Path) -> Non
         assert os.path.getsize(mnt / "large") == 64 << 20
     used = sum(p.stat().st_blocks * 512 for p in (child / "objects").rglob("*"))
     assert used < 1 << 20, f"the branch's objects hold {used} bytes"
+
+
+def test_a_branch_of_a_killed_mount_sees_what_its_remount_sees(work: Path, big_base: Path
+                                                                ) -> None:
+    """The parent's mount is killed -9 in the middle of writes: a branch of it reads the
+    same tree as the parent's own next mount does (both take what reached its disk)."""
+    mnt, parent, child = work / "mnt", work / "parent", work / "child"
+    rng = random.Random(11)
+    with mounted(mnt, parent, plain=big_base):
+        fd = os.open(mnt / "big", os.O_RDWR)
+        try:
+            for i in range(200):
+                os.pwrite(fd, rng.randbytes(BS), rng.randrange(0, 60) * BS)
+                if i == 100:
+                    os.fsync(fd)
+            (mnt / "created").write_bytes(b"made before the kill")
+            kill9_mount(parent)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        pbkfs("unmount", "-D", str(mnt), check=False)  # the dead endpoint goes
+    with mounted(mnt, child, extra=["--from", str(parent)]):
+        seen_by_branch = read_tree(mnt)
+    assert pbkfs("cleanup", "-d", str(child)).returncode == 0
+    drop_caches()
+    with mounted(mnt, parent):
+        assert_tree(mnt, seen_by_branch, "the parent's remount vs its branch")
