@@ -249,3 +249,19 @@ def test_a_branch_of_a_killed_mount_sees_what_its_remount_sees(work: Path, big_b
     drop_caches()
     with mounted(mnt, parent):
         assert_tree(mnt, seen_by_branch, "the parent's remount vs its branch")
+
+
+def test_a_parent_left_dirty_by_perf_unsafe_needs_force(work: Path, base: Path) -> None:
+    mnt, parent, child = work / "mnt", work / "parent", work / "child"
+    with mounted(mnt, parent, plain=base, extra=["--perf-unsafe"]):
+        (mnt / "x").write_bytes(b"x")
+        kill9_mount(parent)  # never unmounted cleanly: the dirty marker stays
+        pbkfs("unmount", "-D", str(mnt), check=False)
+    mnt.mkdir(exist_ok=True)
+    proc = pbkfs("mount", "-D", str(mnt), "-d", str(child), "--from", str(parent),
+                 check=False)
+    assert proc.returncode != 0 and "--perf-unsafe" in proc.stderr, proc.stderr
+    assert not is_mounted(mnt)
+    assert not (child / "binding.json").exists()
+    with mounted(mnt, child, extra=["--from", str(parent), "--force"]):
+        assert (mnt / "dir" / "file").read_bytes() == base.joinpath("dir", "file").read_bytes()

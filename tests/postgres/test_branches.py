@@ -33,11 +33,14 @@ def tables(pg: PgCluster) -> str:
                    "FROM pg_class WHERE relname LIKE 'branch_%' AND relkind = 'r'")
 
 
-def test_branches_of_a_running_database(fixtures_dir: Path, work: Path) -> None:
+@pytest.mark.parametrize("layout", ["--local-wal", "--wal-through-mount"])
+def test_branches_of_a_running_database(fixtures_dir: Path, work: Path, layout: str) -> None:
+    """pg_wal in the diff (each branch gets its own copy) or through the mount (it is
+    layered like every other file)."""
     catalog = fixtures_dir / CATALOG[0] / "catalog"
     root, a, aa, b = work / "root", work / "a", work / "aa", work / "b"
     with running(work, "root", root, store=catalog, instance=CATALOG[1],
-                 backup_id=CATALOG[2]) as pg:
+                 backup_id=CATALOG[2], extra=[layout]) as pg:
         pg.psql("CREATE TABLE branch_root AS SELECT g, md5(g::text) AS h "
                 "FROM generate_series(1, 50000) g; CHECKPOINT")
         pg.psql("UPDATE branch_root SET h = 'root' WHERE g <= 10")
@@ -71,3 +74,6 @@ def test_branches_of_a_running_database(fixtures_dir: Path, work: Path) -> None:
         pbkfs("list", "--diffs", str(work), "--format", "json").stdout)}
     assert listed[str(root)]["children"] == sorted([str(a), str(b)])
     assert listed[str(a)]["children"] == [str(aa)] and listed[str(aa)]["parent"] == str(a)
+    if layout == "--local-wal":  # each its own pg_wal: the root's is as the root left it
+        assert (aa / "wal").is_dir() and (b / "wal").is_dir()
+        assert not (aa / "wal").samefile(a / "wal")
