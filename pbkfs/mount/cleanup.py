@@ -17,7 +17,10 @@ Safety rules, in the order they are checked:
   what it points to.
 
 The lock stays held while the wipe runs and is removed last, so no mount can
-start on a half-wiped diff. The directory itself is kept (with its mode and
+start on a half-wiped diff. A reset renames every entry into `.trash.<pid>.<ns>`
+(durable before the lock goes) and deletes that in a detached process, so it
+takes the same time whatever the diff holds; leftovers of an interrupted
+deletion go with the next reset or cleanup. The directory itself is kept (with its mode and
 owner), empty.
 """
 
@@ -29,6 +32,7 @@ import os
 import shutil
 import socket
 import stat
+import time
 
 import msgspec
 
@@ -42,8 +46,30 @@ from pbkfs.proc import pid_alive
 OWN_NAMES = {"binding.json", "lock", "ns", "objects", "wal", "pbkfs.log", "children"}
 
 
+TRASH_PREFIX = ".trash."  # what a reset moved aside, deleted in the background
+
+
 def _own(name: str) -> bool:
-    return name in OWN_NAMES or name.startswith("binding.json.tmp.")
+    return (name in OWN_NAMES or name.startswith("binding.json.tmp.")
+            or name.startswith(TRASH_PREFIX))
+
+
+def _delete_in_background(path: str) -> None:
+    """rmtree `path` in a detached grandchild: the caller returns at once, whatever the
+    size of the tree (a reset takes the same time for any diff)."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the child exits at once; the grandchild belongs to init
+        return
+    try:
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # a caller reading our output must not wait for this
+                os.dup2(devnull, fd)
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os._exit(0)
 
 
 def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
@@ -161,24 +187,35 @@ def wipe(path: str, force: bool = False, keep_binding: bool = False) -> list[str
                     notes.append(f"{info.mountpoint} is still attached (its process died): "
                                  f"run pbkfs unmount -D {info.mountpoint}")
         removed = 0
+        # A reset moves everything aside with one rename each (durable before the lock
+        # goes) and deletes it in the background; a cleanup deletes it here.
+        trash = os.path.join(real, f"{TRASH_PREFIX}{os.getpid()}.{time.time_ns()}")
+        if keep_binding:
+            os.mkdir(trash, 0o700)
         for name in os.listdir(real):
-            if name == "lock" or (keep_binding and name == "binding.json"):
-                continue
             p = os.path.join(real, name)
-            st = os.lstat(p)
-            if stat.S_ISDIR(st.st_mode):
+            if name == "lock" or p == trash or (keep_binding and name == "binding.json"):
+                continue
+            if not name.startswith(TRASH_PREFIX):
+                removed += 1
+            if keep_binding:  # (an earlier reset's leftovers go along)
+                os.rename(p, os.path.join(trash, name))
+            elif stat.S_ISDIR(os.lstat(p).st_mode):
                 shutil.rmtree(p)  # fd-based: symlinks inside are unlinked, never followed
             else:
                 os.unlink(p)
-            removed += 1
         if keep_binding:
             binding = diff.read_binding()
             if binding is not None and not binding.resumable:  # --no-wal: nothing is lost now
                 write_atomic(diff.binding_path,
                              msgspec.json.encode(msgspec.structs.replace(binding,
                                                                          resumable=True)))
+        if keep_binding:
+            fsync_dir(trash)
         os.unlink(diff.lock_path)
         fsync_dir(real)
+        if keep_binding:
+            _delete_in_background(trash)
         if parent and not keep_binding:
             unregister_child(parent, real)
         notes += _stale_runtime(real)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,27 @@ def test_reset_refuses_what_is_not_a_diff(work: Path) -> None:
     proc = pbkfs("reset", "-d", str(d), check=False)
     assert proc.returncode != 0 and "binding.json" in proc.stderr
     assert (d / "precious").read_text() == "data"
+
+
+def test_reset_moves_the_changes_aside_and_deletes_them_in_the_background(
+        work: Path, base: Path) -> None:
+    """A reset renames the diff's content away (one rename per entry, whatever its size)
+    and returns; the old files go in a detached process, also those an earlier reset
+    left behind; the next mount starts from the backup meanwhile."""
+    mnt, diff = work / "mnt", work / "diff"
+    with mounted(mnt, diff, plain=base):
+        for i in range(200):
+            (mnt / f"f{i}").write_bytes(os.urandom(10000))
+    leftover = diff / ".trash.1.1"  # an earlier reset whose deletion was cut short
+    (leftover / "objects").mkdir(parents=True)
+    (leftover / "objects" / "7").write_bytes(b"old")
+    done = pbkfs("reset", "-d", str(diff))
+    assert "reset" in done.stdout
+    with mounted(mnt, diff, plain=base):
+        assert sorted(p.name for p in mnt.iterdir()) == ["dir"]
+        assert (mnt / "dir" / "file").read_bytes() == (base / "dir" / "file").read_bytes()
+    deadline = time.monotonic() + 60
+    while any(p.name.startswith(".trash.") for p in diff.iterdir()):
+        assert time.monotonic() < deadline, sorted(p.name for p in diff.iterdir())
+        time.sleep(0.1)
+    assert listed("--diffs", str(work))[0]["diff"] == str(diff)
