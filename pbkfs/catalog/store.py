@@ -7,6 +7,7 @@ lists only when a backup's content is asked for. Nothing here ever writes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from pbkfs.catalog.control import (
     InstanceConfig,
     parse_backup_control,
     parse_instance_config,
+    version_number,
 )
 from pbkfs.catalog.ids import decode_id
+from pbkfs.codecs.crc import crc32, crc32c
 from pbkfs.errors import CatalogError, PbkfsError
 from pbkfs.storage.location import Location, listdir, location
 
@@ -47,6 +50,12 @@ class Backup:
         if isinstance(value, PbkfsError):
             raise value
         return value
+
+    def file_crc(self) -> Callable[[bytes | bytearray | memoryview, int], int]:
+        """The checksum of this backup's file CRCs: zlib's CRC-32 for pg_probackup
+        2.0.22-2.0.24, CRC-32C (Castagnoli) otherwise."""
+        v = version_number(self.control.program_version)
+        return crc32 if 20022 <= v <= 20024 else crc32c
 
     @property
     def readable(self) -> bool:

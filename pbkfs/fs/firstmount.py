@@ -4,7 +4,8 @@
   plus what an in-place tablespace needs), and recovery settings when recovery is asked;
 * the files restore creates for recovery (recovery.signal);
 * pg_wal's WAL is copied to a plain directory of the diff, which the mount binds over
-  pg_wal (or, for diffs made so before, pg_wal becomes a symlink to it).
+  pg_wal (or, for diffs made so before, pg_wal becomes a symlink to it); a segment's zero
+  tail is allocated, not fetched, when the backup's listed CRC proves it zeros.
 
 The caller persists the result as a snapshot right after.
 """
@@ -16,6 +17,7 @@ import os
 from pbkfs.diff.directory import DiffDir
 from pbkfs.diff.objects import ObjectStore
 from pbkfs.fs.namespace import Namespace, Node
+from pbkfs.fs.walcopy import copy_to
 from pbkfs.fsutil import fsync_dir
 from pbkfs.recovery.mountplan import MountRecovery, save_options
 from pbkfs.view.source import Source
@@ -49,17 +51,8 @@ def setup_local_wal(ns: Namespace, diff: DiffDir, source: Source, uid: int, gid:
                     copied_dirs.append(dst)
                     stack.append((cpath, child))
                 elif child.kind == "f" and child.origin is not None:
-                    with open(dst, "wb") as f:
-                        off = 0
-                        while off < child.size:
-                            chunk = source.read(child.origin, off, min(1 << 20, child.size - off))
-                            if not chunk:
-                                break
-                            f.write(chunk)
-                            off += len(chunk)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.chmod(dst, child.mode)
+                    # the zero tail of a segment is not fetched (pbkfs.fs.walcopy)
+                    copy_to(source, child.origin, child.size, dst, child.mode & 0o7777)
                 os.lchown(dst, uid, gid)
         ns.replaying = True  # the initial shape of the tree, recorded by the snapshot below
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pbkfs.catalog.chain import resolve_chain
@@ -248,6 +248,19 @@ class ChainView:
                                       f"listed as {copy.entry.size}", backup_id=copy.backup.id)
             data = handle.pread(min(length, max(0, source.size - offset)), offset)
         return data
+
+    def content_crc(self, path: str
+                    ) -> tuple[Callable[[bytes | bytearray | memoryview, int], int], int] | None:
+        """(checksum function, value) the whole content of a non-data file must give, as
+        listed in its backup's backup_content.control; None when nothing is listed."""
+        source = self._sources.get(path.strip("/"))
+        if not isinstance(source, PlainSource) or source.copy is None or source.error:
+            return None
+        entry = source.copy.entry
+        if (entry.crc == 0 or entry.size != source.size or entry.path == PG_CONTROL
+                or entry.compress_alg not in (None, "", "none")):
+            return None
+        return source.copy.backup.file_crc(), entry.crc
 
     def block_count(self, path: str) -> int:
         source = self._sources.get(path.strip("/"))

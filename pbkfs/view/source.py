@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -108,6 +108,14 @@ class Source:
         if e is None:
             raise FileNotFoundError(path)
         return int(e.size)
+
+    def content_crc(self, path: str) -> tuple[Callable[[bytes, int], int], int] | None:
+        """What the backup lists as the CRC of a non-data file's whole content (None:
+        nothing, e.g. a plain directory or a layer reference)."""
+        if path[:1] == "/":
+            return None
+        listed = getattr(self.view, "content_crc", None)
+        return listed(path) if listed is not None else None
 
     def is_data_directory(self) -> bool:
         """Does the tree hold a PostgreSQL data directory (PG_VERSION at its root)?"""

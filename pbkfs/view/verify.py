@@ -13,11 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pbkfs.catalog.content import FileEntry
-from pbkfs.catalog.control import version_number
 from pbkfs.catalog.headermap import read_region
 from pbkfs.catalog.pgcontrol import PG_CONTROL, stored_crc_is
 from pbkfs.catalog.store import Backup
-from pbkfs.codecs.crc import crc32, crc32c
 from pbkfs.errors import CatalogError, CorruptionError, PbkfsError
 from pbkfs.storage.location import open_handle
 from pbkfs.view.chainview import ChainView
@@ -53,11 +51,6 @@ class Report:
         return not self.problems
 
 
-def _file_crc(member: Backup) -> Callable[[bytes, int], int]:
-    v = version_number(member.control.program_version)
-    return crc32 if 20022 <= v <= 20024 else crc32c
-
-
 def check_stored_file(member: Backup, entry: FileEntry) -> tuple[list[Problem], int]:
     """Size and CRC of one stored file of one backup, and its page-map region if it has one
     (checked for every member: a region newer backups shadow is still part of the backup)."""
@@ -87,7 +80,7 @@ def _check_stored_bytes(member: Backup, entry: FileEntry) -> tuple[list[Problem]
         size = handle.size
         if size != entry.size:
             return bad(f"stored file is {size} bytes, listed as {entry.size}")
-        crc_fn = _file_crc(member)
+        crc_fn = member.file_crc()
         value, offset, head = 0, 0, b""
         while True:
             chunk = handle.pread(CHUNK, offset)
