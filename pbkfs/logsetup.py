@@ -42,16 +42,14 @@ FALLOC_FL_KEEP_SIZE = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
-def reserve_after_end(fd: int, nbytes: int) -> int:
-    """Allocate `nbytes` past the end of `fd` without changing its size; the end.
+def reserve_after_end(fd: int, end: int, nbytes: int) -> None:
+    """Allocate `nbytes` from `end` (the file's end) without changing its size.
 
     Appends into that space need no new blocks, so a log line still gets written
     when the file system is full (the full diff directory is the news to log).
     Best effort: a file system without fallocate just gets no reserve.
     """
-    end = os.fstat(fd).st_size
     _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_long(end), ctypes.c_long(nbytes))
-    return end
 
 
 class ReservedFileHandler(logging.FileHandler):
@@ -69,8 +67,10 @@ class ReservedFileHandler(logging.FileHandler):
     def _top_up(self) -> None:
         if self.stream is not None:
             fd = self.stream.fileno()
-            if os.fstat(fd).st_size > self._reserved_to - LOG_RESERVE // 2:
-                self._reserved_to = reserve_after_end(fd, LOG_RESERVE) + LOG_RESERVE
+            end = os.fstat(fd).st_size
+            if end > self._reserved_to - LOG_RESERVE // 2:
+                reserve_after_end(fd, end, LOG_RESERVE)
+                self._reserved_to = end + LOG_RESERVE
 
     def emit(self, record: logging.LogRecord) -> None:
         super().emit(record)

@@ -343,35 +343,31 @@ def pgbench(pg: PgCluster, select: bool, clients: int, seconds: int) -> float:
     return float(m.group(1))
 
 
+def _proc_sums(pids: list[int], name: str, keys: tuple[str, ...]) -> list[int]:
+    """Per key ("VmRSS:" ...), the sum over `pids` of /proc/<pid>/<name>'s value in KiB."""
+    sums = [0] * len(keys)
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            for i, key in enumerate(keys):
+                if line.startswith(key):
+                    sums[i] += int(line.split()[1])
+    return sums
+
+
 def pss(pids: list[int]) -> int:
     """Sum of proportional set sizes in KiB: pages shared with other processes (the
     interpreter, libraries: every mount's processes run the same ones) counted in
     shares, so the sum over all mounts is what they take together."""
-    total = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1])
-    return total
+    return _proc_sums(pids, "smaps_rollup", ("Pss:",))[0]
 
 
 def rss(pids: list[int]) -> tuple[int, int]:
     """(sum of VmRSS, sum of VmHWM) in KiB."""
-    now = peak = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                now += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                peak += int(line.split()[1])
+    now, peak = _proc_sums(pids, "status", ("VmRSS:", "VmHWM:"))
     return now, peak
 
 

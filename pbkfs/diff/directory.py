@@ -83,6 +83,20 @@ def write_atomic(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def flock_nb(path: str, op: int, flags: int = 0) -> tuple[int, str]:
+    """Open lock file `path` (created if missing) and flock it with `op` without waiting:
+    (fd, "") once taken; (-1, " by pid ... on HOST (mounted at ...)") while someone else
+    holds it, naming the holder as published."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = DiffDir.lock_holder(fd)
+        os.close(fd)
+        return -1, holder
+    return fd, ""
+
+
 class DiffDir:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -110,13 +124,9 @@ class DiffDir:
         Only the flock: who holds it is written by `publish_lock` once the mount
         is sure to go ahead, so a refused mount leaves the diff as it was.
         """
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.lock_holder(fd)
-            os.close(fd)
-            raise UsageError(f"diff directory {self.path} is in use{holder}") from None
+        fd, holder = flock_nb(self.lock_path, fcntl.LOCK_EX)
+        if fd < 0:
+            raise UsageError(f"diff directory {self.path} is in use{holder}")
         self.lock_fd = fd
 
     def publish_lock(self, mountpoint: str) -> None:

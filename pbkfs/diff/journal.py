@@ -30,6 +30,7 @@ them, they cannot).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -223,6 +224,23 @@ def read_generation(path: str, gen: int) -> tuple[Snapshot | None, list[Record],
     return snap, records, valid
 
 
+def generations(path: str) -> dict[int, set[str]]:
+    """Generation -> the kinds ("snapshot", "journal") present in `path`."""
+    gens: dict[int, set[str]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(path):
+            m = _GEN.match(name)
+            if m:
+                gens.setdefault(int(m.group(2)), set()).add(m.group(1))
+    return gens
+
+
+def latest_generation(path: str) -> int:
+    """The newest complete generation in `path` (generation 0 needs no snapshot)."""
+    complete = [g for g, kinds in generations(path).items() if g == 0 or "snapshot" in kinds]
+    return max(complete, default=0)
+
+
 class JournalDir:
     """The `ns/` directory of a diff: generations of snapshot + journal."""
 
@@ -239,19 +257,9 @@ class JournalDir:
     def _file(self, kind: str, gen: int) -> str:
         return os.path.join(self.path, f"{kind}.{gen}")
 
-    def generations(self) -> dict[int, set[str]]:
-        gens: dict[int, set[str]] = {}
-        for name in os.listdir(self.path):
-            m = _GEN.match(name)
-            if m:
-                gens.setdefault(int(m.group(2)), set()).add(m.group(1))
-        return gens
-
     def latest(self) -> int:
         """The newest complete generation (generation 0 needs no snapshot)."""
-        gens = self.generations()
-        complete = [g for g, kinds in gens.items() if g == 0 or "snapshot" in kinds]
-        return max(complete, default=0)
+        return latest_generation(self.path)
 
     def load(self) -> tuple[Snapshot | None, list[Record]]:
         """Snapshot (None for generation 0) and the journal records of the newest generation."""
@@ -317,7 +325,7 @@ class JournalDir:
         os.rename(tmp, self._file("snapshot", gen))
         fsync_dir(self.path)
         self._open_journal(gen, 0)
-        for g in self.generations():
+        for g in generations(self.path):
             if g < gen:
                 for kind in ("snapshot", "journal"):
                     try:

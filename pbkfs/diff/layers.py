@@ -33,10 +33,10 @@ from collections.abc import Callable
 import msgspec
 
 from pbkfs.diff import journal as J
-from pbkfs.diff.blockmap import BlockMap, blocks_for
-from pbkfs.diff.directory import Binding, DiffDir, write_atomic
+from pbkfs.diff.blockmap import BlockMap, MapFormatError, blocks_for
+from pbkfs.diff.directory import Binding, DiffDir, flock_nb, write_atomic
 from pbkfs.diff.objects import BaseReader, data_path, map_path, read_object
-from pbkfs.errors import UsageError
+from pbkfs.errors import CorruptionError, UsageError
 from pbkfs.fsutil import fsync_dir
 
 LAYER_PREFIX = "/layer/"
@@ -44,16 +44,23 @@ MAX_DEPTH = 64  # a loop in hand-edited bindings ends here, not in a recursion e
 CHILDREN = "children"
 
 
-def layer_ref(depth: int, fid: int) -> str:
-    return f"{LAYER_PREFIX}{depth}/{fid}"
+WHOLE = "/data"  # the ref's object has no map: every byte is in its data file
 
 
-def parse_ref(origin: str) -> tuple[int, int] | None:
-    """(depth, fid) of a layer reference; None for a backup path."""
+def layer_ref(depth: int, fid: int, whole: bool = False) -> str:
+    """`/layer/<depth>/<fid>`, with `/data` for a file made in that layer (no map): a
+    reader then knows which files must be there and never takes a lost map for
+    "no backup blocks"."""
+    return f"{LAYER_PREFIX}{depth}/{fid}{WHOLE if whole else ''}"
+
+
+def parse_ref(origin: str) -> tuple[int, int, bool] | None:
+    """(depth, fid, whole) of a layer reference; None for a backup path."""
     if not origin.startswith(LAYER_PREFIX):
         return None
-    depth, _, fid = origin[len(LAYER_PREFIX):].partition("/")
-    return int(depth), int(fid)
+    depth, _, rest = origin[len(LAYER_PREFIX):].partition("/")
+    fid, _, kind = rest.partition("/")
+    return int(depth), int(fid), kind == WHOLE[1:]
 
 
 # -- lineage ------------------------------------------------------------------------------
@@ -131,25 +138,27 @@ def unregister_child(parent_path: str, child_path: str) -> None:
 
 def hold_shared(parent: DiffDir) -> int:
     """A shared flock on an ancestor's lock file (refused while it is mounted)."""
-    fd = os.open(parent.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = DiffDir.lock_holder(fd)
-        os.close(fd)
+    fd, holder = flock_nb(parent.lock_path, fcntl.LOCK_SH)
+    if fd < 0:
         raise UsageError(f"parent diff {parent.path} is mounted{holder}: a branch needs "
-                         "its parent unmounted") from None
+                         "its parent unmounted")
     return fd
 
 
-def branch_binding(child: DiffDir, parent: DiffDir) -> Binding:
-    """Bind a new, empty `child` to `parent`'s backup with `parent` under it."""
+def parent_binding(parent: DiffDir) -> Binding:
+    """The binding of a diff to branch from; refused if it cannot be one."""
     pb = parent.read_binding()
     if pb is None:
         raise UsageError(f"--from {parent.path}: not a pbkfs diff (no binding.json)")
     if not pb.resumable:
         raise UsageError(f"--from {parent.path}: mounted with --no-wal, its WAL is gone; "
                          "it cannot be branched")
+    return pb
+
+
+def branch_binding(child: DiffDir, parent: DiffDir) -> Binding:
+    """Bind a new, empty `child` to `parent`'s backup with `parent` under it."""
+    pb = parent_binding(parent)
     if os.path.realpath(child.path) == os.path.realpath(parent.path):
         raise UsageError("--from names the diff directory itself")
     if child.read_binding() is not None:
@@ -170,14 +179,7 @@ NamespaceOpener = Callable[
 
 def read_latest(ns_dir: str) -> tuple[J.Snapshot | None, list[J.Record]]:
     """The newest complete generation of a diff's namespace, opening nothing for writing."""
-    gens: dict[int, set[str]] = {}
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(ns_dir):
-            m = J._GEN.match(name)
-            if m:
-                gens.setdefault(int(m.group(2)), set()).add(m.group(1))
-    gen = max((g for g, kinds in gens.items() if g == 0 or "snapshot" in kinds), default=0)
-    snap, records, _valid = J.read_generation(ns_dir, gen)
+    snap, records, _valid = J.read_generation(ns_dir, J.latest_generation(ns_dir))
     return snap, records
 
 
@@ -185,7 +187,8 @@ def as_layer(snap: J.Snapshot, depth: int) -> J.Snapshot:
     """A layer's final tree as the starting tree of a diff stacked on it: every file
     with an object of that layer now reads through it (origin = layer reference)."""
     nodes = [
-        msgspec.structs.replace(n, origin=layer_ref(depth, n.fid), fid=None)
+        msgspec.structs.replace(n, origin=layer_ref(depth, n.fid, whole=n.origin is None),
+                                fid=None)
         if n.kind == "f" and n.fid is not None else n
         for n in snap.nodes
     ]
@@ -232,20 +235,28 @@ class LayerReader:
         self._open: OrderedDict[int, _Open] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _get(self, fid: int) -> _Open:
+    def _get(self, fid: int, whole: bool) -> _Open:
         with self._lock:
             o = self._open.get(fid)
             if o is not None:
                 self._open.move_to_end(fid)
                 return o
+        bm: BlockMap | None = None
+        path = data_path(self.objects, fid)
         try:
-            bm: BlockMap | None = BlockMap.load(map_path(self.objects, fid), writable=False)
-        except FileNotFoundError:
-            bm = None  # a file made in that layer: every byte is in its data file
-        fd = os.open(data_path(self.objects, fid), os.O_RDONLY | os.O_CLOEXEC)
+            if not whole:
+                path = map_path(self.objects, fid)
+                bm = BlockMap.load(path, writable=False)
+                bm.close()  # the bits are in memory
+                path = data_path(self.objects, fid)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, MapFormatError) as exc:
+            # A layer never changes under its branches: a file of it gone or damaged is
+            # an error for the reader (EIO and a log line), never bytes from elsewhere.
+            raise CorruptionError(path, f"object {fid} of a parent diff cannot be read "
+                                  f"({exc})") from None
         size = os.fstat(fd).st_size
         if bm is not None:
-            bm.close()  # the bits are in memory
             # As that layer's own mount would read it (BlockMap.clamp), in memory only.
             bm.horizon = min(bm.horizon, blocks_for(size, self.bs))
         o = _Open(fd, size, bm)
@@ -258,11 +269,11 @@ class LayerReader:
                 self._open.popitem(last=False)
         return o
 
-    def size(self, fid: int) -> int:
-        return self._get(fid).size
+    def size(self, fid: int, whole: bool) -> int:
+        return self._get(fid, whole).size
 
-    def read(self, fid: int, off: int, length: int, base: BaseReader) -> bytes:
-        o = self._get(fid)
+    def read(self, fid: int, whole: bool, off: int, length: int, base: BaseReader) -> bytes:
+        o = self._get(fid, whole)
         origin = o.map.origin if o.map is not None else None
         return read_object(o.fd, o.size, o.map, origin, self.bs, base, off, length)
 
@@ -278,14 +289,14 @@ class Layers:
         self.readers = [LayerReader(d, block_size) for d in objects_dirs]
 
     def read(self, ref: str, off: int, length: int, base: BaseReader) -> bytes:
-        depth, fid = self._parse(ref)
-        return self.readers[depth - 1].read(fid, off, length, base)
+        depth, fid, whole = self._parse(ref)
+        return self.readers[depth - 1].read(fid, whole, off, length, base)
 
     def size(self, ref: str) -> int:
-        depth, fid = self._parse(ref)
-        return self.readers[depth - 1].size(fid)
+        depth, fid, whole = self._parse(ref)
+        return self.readers[depth - 1].size(fid, whole)
 
-    def _parse(self, ref: str) -> tuple[int, int]:
+    def _parse(self, ref: str) -> tuple[int, int, bool]:
         parsed = parse_ref(ref)
         if parsed is None or not 1 <= parsed[0] <= len(self.readers):
             raise FileNotFoundError(f"{ref}: no such layer (this diff has "

@@ -321,10 +321,6 @@ class ObjectStore:
     def _read(self, obj: Obj, off: int, length: int) -> bytes:
         return read_object(obj.fd, obj.size, obj.map, obj.origin, self.bs, self.base, off, length)
 
-    @staticmethod
-    def _pad(data: bytes, n: int) -> bytes:
-        return data if len(data) >= n else data + bytes(n - len(data))
-
     # -- writing ---------------------------------------------------------------
 
     def write(self, fid: int, origin: str | None, off: int, data: bytes) -> Obj:
@@ -363,7 +359,7 @@ class ObjectStore:
                     pwrite_all(obj.fd, view[pos - off : chunk_end - off], pos)
                 else:
                     assert obj.origin is not None
-                    block = bytearray(self._pad(self.base.read(obj.origin, bstart, bs), bs))
+                    block = bytearray(_pad(self.base.read(obj.origin, bstart, bs), bs))
                     block[pos - bstart : chunk_end - bstart] = view[pos - off : chunk_end - off]
                     limit = min(bs, max(new_size, chunk_end) - bstart)
                     pwrite_all(obj.fd, memoryview(block)[:limit], bstart)
@@ -390,7 +386,7 @@ class ObjectStore:
             k = size // bs
             if size % bs and not bm.has(k):
                 assert obj.origin is not None
-                block = self._pad(self.base.read(obj.origin, k * bs, bs), bs)
+                block = _pad(self.base.read(obj.origin, k * bs, bs), bs)
                 pwrite_all(obj.fd, block[: size - k * bs], k * bs)
                 bm.mark(k, k)
             os.ftruncate(obj.fd, size)

@@ -22,7 +22,7 @@ from typing import Protocol
 FIRST_PREFIX = 256 * 1024
 GROWTH = 4
 READ_CHUNK = 1 << 20
-_ZEROS = bytes(1 << 20)
+_ZEROS = memoryview(bytes(1 << 20))
 
 Checksum = Callable[[bytes, int], int]
 
@@ -37,7 +37,7 @@ def crc_with_zeros(fn: Checksum, value: int, n: int) -> int:
     """`fn` continued over `n` zero bytes."""
     while n > 0:
         k = min(n, len(_ZEROS))
-        value = fn(_ZEROS[:k] if k < len(_ZEROS) else _ZEROS, value)
+        value = fn(_ZEROS[:k], value)  # type: ignore[arg-type]  # a buffer, not copied
         n -= k
     return value
 

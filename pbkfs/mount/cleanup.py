@@ -36,7 +36,7 @@ import time
 
 import msgspec
 
-from pbkfs.diff.directory import DiffDir, LockInfo, write_atomic
+from pbkfs.diff.directory import DiffDir, LockInfo, flock_nb, write_atomic
 from pbkfs.diff.layers import refuse_if_parent, unregister_child
 from pbkfs.errors import UsageError
 from pbkfs.fsutil import fsync_dir
@@ -81,14 +81,10 @@ def _take_lock(diff: DiffDir) -> tuple[int, LockInfo | None]:
                              f"{diff.path}")
     except FileNotFoundError:
         pass
-    fd = os.open(diff.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = DiffDir.lock_holder(fd)
-        os.close(fd)
+    fd, holder = flock_nb(diff.lock_path, fcntl.LOCK_EX, os.O_NOFOLLOW)
+    if fd < 0:
         raise UsageError(f"diff directory {diff.path} is in use{holder}; unmount it first "
-                         f"(pbkfs unmount -D MOUNTPOINT)") from None
+                         f"(pbkfs unmount -D MOUNTPOINT)")
     return fd, DiffDir.lock_info(fd)
 
 
@@ -210,7 +206,6 @@ def wipe(path: str, force: bool = False, keep_binding: bool = False) -> list[str
                 write_atomic(diff.binding_path,
                              msgspec.json.encode(msgspec.structs.replace(binding,
                                                                          resumable=True)))
-        if keep_binding:
             fsync_dir(trash)
         os.unlink(diff.lock_path)
         fsync_dir(real)

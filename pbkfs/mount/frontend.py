@@ -48,6 +48,7 @@ from pbkfs.diff.layers import (
     base_snapshot,
     branch_binding,
     hold_shared,
+    parent_binding,
     refuse_if_parent,
 )
 from pbkfs.diff.sharedmaps import Segment, remove_stale, segment_name
@@ -144,9 +145,7 @@ def prepare(opts: MountOptions) -> Prepared:
         if bound is not None:
             raise UsageError(f"diff directory {diff.path} already holds a diff: mount it "
                              "without --from")
-        pb = parent.read_binding()
-        if pb is None:
-            raise UsageError(f"--from {parent.path}: not a pbkfs diff (no binding.json)")
+        pb = parent_binding(parent)
         if not same_source(pb.source, opts.source):
             raise UsageError(f"--from {parent.path}: bound to {describe(pb.source)}, not to "
                              f"{describe(opts.source)}")

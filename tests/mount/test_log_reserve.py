@@ -5,25 +5,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pbkfs.logsetup import LOG_RESERVE, ReservedFileHandler
+from tests.support.mounting import small_tmpfs
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "tiny"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True,
-                   timeout=30)
-    try:
+    with small_tmpfs(tmp_path / "tiny", "2m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False, timeout=30)
 
 
 def fill(path: Path) -> None:

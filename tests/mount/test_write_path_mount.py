@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mounting import is_mounted, mounted
+from tests.support.mounting import is_mounted, mounted, small_tmpfs
 
 MiB = 1 << 20
 
@@ -92,14 +92,8 @@ def test_truncate_then_extend_never_brings_back_cut_bytes(work: Path, base: Path
 @pytest.fixture
 def small_fs(work: Path) -> Iterator[Path]:
     """A 48 MiB tmpfs for the diff: a disk that fills up."""
-    d = work / "small"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(d)], check=True,
-                   timeout=30)
-    try:
+    with small_tmpfs(work / "small", "48m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False, timeout=30)
 
 
 def test_full_diff_is_an_error_that_names_the_diff_and_heals(

@@ -189,3 +189,15 @@ def stat_json(mnt: Path, *extra: str) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(
         pbkfs("stat", "-D", str(mnt), "--format", "json", *extra).stdout)
     return out
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path` for the block: a file system that fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)

@@ -21,7 +21,7 @@ from pbkfs.diff.layers import (
     parse_ref,
 )
 from pbkfs.diff.objects import ObjectStore
-from pbkfs.errors import UsageError
+from pbkfs.errors import CorruptionError, UsageError
 from pbkfs.view.source import SourceSpec
 from tests.support.fakebase import FakeBase, fake_base
 
@@ -46,7 +46,8 @@ class StackedBase:
 
 
 def test_references_never_look_like_backup_paths() -> None:
-    assert parse_ref(layer_ref(3, 17)) == (3, 17)
+    assert parse_ref(layer_ref(3, 17)) == (3, 17, False)
+    assert parse_ref(layer_ref(3, 17, whole=True)) == (3, 17, True)
     assert parse_ref("base/5/1259") is None
     assert parse_ref("layer/1/2") is None  # a relative path, as a backup's would be
 
@@ -62,7 +63,7 @@ def test_a_layer_tree_reads_through_its_objects() -> None:
     out = as_layer(snap, 2)
     assert [(n.origin, n.fid, n.size) for n in out.nodes] == [
         (None, None, 0), ("/layer/2/4", None, 10), ("base/1/2", None, 20),
-        ("/layer/2/5", None, 30)]
+        ("/layer/2/5/data", None, 30)]
     assert out.names == snap.names and out.generation == 0
 
 
@@ -110,11 +111,30 @@ def test_a_stack_of_object_stores_reads_like_one_file(tmp_path_factory: pytest.T
         store.fsync(1, datasync=True)
         store.close_all()
         dirs.append(str(objects))
-        origin = layer_ref(depth, 1)
+        origin = layer_ref(depth, 1, whole=origin is None)
         above = StackedBase(backup, Layers(list(dirs), BS))
         assert above.base_size(origin) == len(model)
         assert above.read(origin, 0, len(model)) == bytes(model)
         above.layers.close()
+
+
+def test_a_lost_file_of_a_layer_is_an_error_never_other_bytes(tmp_path: Path) -> None:
+    """A layer's map gone (or damaged) must not read as "nothing in the diff": the
+    backup's bytes would come back in place of the layer's."""
+    backup = fake_base()
+    objects = tmp_path / "layer1"
+    objects.mkdir()
+    store = ObjectStore(str(objects), backup, BS)
+    store.write(1, "rel", BS, b"\x01" * BS)
+    store.fsync(1, datasync=True)
+    store.close_all()
+    (objects / "1.map").unlink()
+    stack = StackedBase(backup, Layers([str(objects)], BS))
+    with pytest.raises(CorruptionError, match="1.map"):
+        stack.read(layer_ref(1, 1), 0, 2 * BS)
+    (objects / "1").unlink()
+    with pytest.raises(CorruptionError):
+        StackedBase(backup, Layers([str(objects)], BS)).read(layer_ref(1, 1, whole=True), 0, 1)
 
 
 def _bind(diff: DiffDir, parent: str = "") -> None:
