@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,7 +24,8 @@ from pbkfs.errors import UsageError
 
 SYSTEM_CONFIG = Path("/etc/pbkfs/pbkfs.toml")
 # conf/ of the source tree, wherever pbkfs runs from (a checkout or an installed wheel)
-CONF_DIR = Path(str(resources.files("pbkfs") / "defaults"))
+# (beside this module: importlib.resources would cost every process ~2 MB of imports)
+CONF_DIR = Path(__file__).resolve().parent / "defaults"
 REPO_CONF = CONF_DIR  # its earlier name, still imported by tests
 DEFAULT_CONFIG_FILE = CONF_DIR / "pbkfs.toml"
 POSTGRESQL_CONF_FILE = CONF_DIR / "postgresql.pbkfs.conf"

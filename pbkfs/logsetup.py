@@ -8,7 +8,6 @@ the text, so people can grep either.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ class JsonLineFormatter(logging.Formatter):
 
 LOG_RESERVE = 256 * 1024
 FALLOC_FL_KEEP_SIZE = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc: ctypes.CDLL | None = None  # loaded at first use (not ctypes.util: it runs ldconfig)
 
 
 def reserve_after_end(fd: int, end: int, nbytes: int) -> None:
@@ -49,6 +48,9 @@ def reserve_after_end(fd: int, end: int, nbytes: int) -> None:
     when the file system is full (the full diff directory is the news to log).
     Best effort: a file system without fallocate just gets no reserve.
     """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_long(end), ctypes.c_long(nbytes))
 
 

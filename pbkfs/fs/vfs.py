@@ -103,6 +103,9 @@ class Vfs:
         self.defer_fsync = False  # --perf-unsafe (pbkfs.diff.durability)
         self.full_refusals = 0  # requests answered ENOSPC
         self._full_logged_at = -FULL_LOG_EVERY_S
+        # Run once, at a file's first read (pbkfs.view.prefetch: a backend connecting to a
+        # database reads its relation map first; its catalogs are then fetched ahead).
+        self.first_read: dict[int, Callable[[], None]] = {}
 
     # -- helpers -----------------------------------------------------------------
 
@@ -348,6 +351,8 @@ class Vfs:
 
     async def read(self, fh: int, off: int, length: int) -> bytes:
         node = self._handle(fh).node
+        if self.first_read:
+            self._run_first_read(node.ino)
         size = node.size
         if off >= size or length <= 0:
             return b""
@@ -382,6 +387,14 @@ class Vfs:
             node.slot = reply.slot  # later reads of its diff blocks: from shared memory
         self.stats.bytes_read += len(reply.data)
         return reply.data
+
+    def _run_first_read(self, ino: int) -> None:
+        hook = self.first_read.pop(ino, None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception as exc:  # a warm-up only: never fails the read
+                self.log(f"first-read hook of inode {ino} failed: {exc}")
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         """Answered once the inode's worker has written the bytes to the diff file.

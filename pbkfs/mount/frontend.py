@@ -17,6 +17,7 @@ synced, a snapshot makes the next mount fast, the lock is released.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 import pyfuse3
@@ -55,7 +57,7 @@ from pbkfs.diff.sharedmaps import Segment, remove_stale, segment_name
 from pbkfs.errors import PbkfsError, UsageError
 from pbkfs.fs.branchwal import setup_branch_wal
 from pbkfs.fs.firstmount import apply_postgresql_conf, create_recovery_files, setup_local_wal
-from pbkfs.fs.namespace import Namespace
+from pbkfs.fs.namespace import FsError, Namespace
 from pbkfs.fs.settle import collect_garbage, open_namespace
 from pbkfs.fs.vfs import Vfs
 from pbkfs.ipc.router import Router
@@ -86,6 +88,9 @@ from pbkfs.storage.settings import configure
 from pbkfs.storage.stats import stats_dir
 from pbkfs.view.source import Source, SourceSpec, open_source
 
+if TYPE_CHECKING:
+    from pbkfs.view.prefetch import StartupPlan
+
 _logger = logging.getLogger("pbkfs.mount")
 
 
@@ -114,6 +119,8 @@ class Prepared:
         self.layers: list[str] = []  # a branch: the objects/ of the diffs under it, bottom first
         self.layer_locks: list[int] = []  # shared flocks on those diffs, held while mounted
         self.wal_bind = False  # ... bind-mounted over the mount's pg_wal (pbkfs.mount.walbind)
+        self.prefetch: StartupPlan | None = None  # an object store's catalog: what to fetch ahead
+        self.first_read: dict[int, Callable[[], None]] = {}  # inode: run at its first read
 
 
 def prepare(opts: MountOptions) -> Prepared:
@@ -128,9 +135,10 @@ def prepare(opts: MountOptions) -> Prepared:
         raise UsageError("the diff directory must not be inside the mount point")
     p.source = open_source(opts.source, opts.caches)
     if is_store_url(opts.source.store):  # what PostgreSQL's start reads, fetched meanwhile
-        from pbkfs.view.prefetch import fetch_all, startup_objects
+        from pbkfs.view.prefetch import fetch_all, startup_plan
 
-        fetch_all(startup_objects(p.source.view), log)
+        p.prefetch = startup_plan(p.source.view)
+        fetch_all(p.prefetch.common, log)
     check_entries(p.source)
     if opts.no_wal and opts.local_wal is not None:
         raise UsageError("--no-wal excludes --local-wal and --wal-through-mount")
@@ -167,6 +175,8 @@ def prepare(opts: MountOptions) -> Prepared:
         if check_dirty(diff.path, opts.force):
             log(f"diff {diff.path} was left dirty by a --perf-unsafe mount; used (--force)")
         prepare_locked(opts, p, diff, mnt)
+        if p.prefetch is not None:
+            p.first_read = prefetch_on_connect(p.ns, p.prefetch)
         if opts.perf_unsafe:
             mark_dirty(diff.path)
     except BaseException:
@@ -203,6 +213,24 @@ def open_layers(p: Prepared, binding: Binding, lineage: list[tuple[DiffDir, Bind
         return ns.snapshot(0)
 
     return base_snapshot(lineage, open_layer)
+
+
+def prefetch_on_connect(ns: Namespace, plan: StartupPlan) -> dict[int, Callable[[], None]]:
+    """Per database directory, the fetch of its system catalogs, keyed by the inode of its
+    relation map: the first file a backend connecting to that database reads. (Not at its
+    open: PostgreSQL's start after a crash or from a backup opens and fsyncs every file of
+    the data directory, recovery_init_sync_method=fsync, without reading them.)"""
+    from pbkfs.view.prefetch import RELATION_MAP, fetch_all
+
+    hooks: dict[int, Callable[[], None]] = {}
+    for directory, fetches in plan.databases.items():
+        try:
+            node = ns.resolve(f"{directory}/{RELATION_MAP}")
+        except FsError:
+            continue  # no map (dropped, or not a database directory): nothing to warm
+        hooks[node.ino] = functools.partial(fetch_all, fetches, log,
+                                            what=f"a connection to {directory}")
+    return hooks
 
 
 def release_layers(p: Prepared) -> None:
@@ -281,6 +309,7 @@ def serve(opts: MountOptions, p: Prepared, ready: Callable[[str | None], None]) 
     vfs = Vfs(p.ns, router, p.diff.objects, p.journal, seg, p.diff.path, log=log_error)
     vfs.bs = p.block_size
     vfs.defer_fsync = opts.perf_unsafe
+    vfs.first_read = p.first_read
     record: RuntimeRecord | None = None  # written once mounted
 
     def restarted(index: int) -> None:

@@ -12,13 +12,14 @@ it is evicted stays readable through the open descriptor.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
 import os
 import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from pbkfs.codecs.crc import crc32c
 
@@ -26,6 +27,9 @@ CHUNK = 256 << 10
 TRAILER = struct.Struct("<IQ")  # crc32c of the bytes, their length
 TOUCH_EVERY = 60.0  # seconds: a chunk's mtime is refreshed at most this often
 SWEEP_EVERY_BYTES = 64 << 20  # written by this process between checks of the total size
+FETCH_LOCK = ".fetch.lock"  # byte-range locks: which process fetches which chunks now
+FLOCK = struct.Struct("@hhqqi4x")  # struct flock (l_type, l_whence, l_start, l_len, l_pid)
+SLOTS_PER_OBJECT = 1 << 16  # lock bytes per object (chunks past the last share the last)
 
 
 class ChunkCache:
@@ -42,6 +46,8 @@ class ChunkCache:
 
     @staticmethod
     def object_id(*identity: object) -> str:
+        import hashlib  # (loaded by the processes that read a store only)
+
         return hashlib.sha256("\0".join(map(str, identity)).encode()).hexdigest()[:40]
 
     def _path(self, oid: str, chunk: int) -> str:
@@ -101,6 +107,30 @@ class ChunkCache:
                 _, (old, _) = self._fds.popitem(last=False)
                 os.close(old)  # reads pread under the same lock
         return fd, length
+
+    @contextlib.contextmanager
+    def fetching(self, oid: str, first: int, last: int, wait: float) -> Iterator[bool]:
+        """Hold the host-wide claim on chunks first..last of an object while fetching them.
+
+        One process at a time fetches a chunk: another that needs it waits here, then
+        finds it in the cache (the caller looks after entering). An open file description
+        lock (a byte range of FETCH_LOCK per chunk) goes with its descriptor, so a killed
+        holder frees it; a holder that does not finish within `wait` seconds (stopped,
+        starved) is not waited for: the chunk is fetched twice, never served wrong. Yields
+        whether the claim was taken."""
+        base = int(oid[:10], 16) * SLOTS_PER_OBJECT
+        start = base + min(first, SLOTS_PER_OBJECT - 1)
+        length = min(last, SLOTS_PER_OBJECT - 1) - min(first, SLOTS_PER_OBJECT - 1) + 1
+        try:
+            fd = os.open(os.path.join(self.root, FETCH_LOCK),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            yield False  # a cache this process cannot lock: fetch without the claim
+            return
+        try:
+            yield _lock_range(fd, start, length, wait)
+        finally:
+            os.close(fd)  # releases the lock
 
     def write(self, oid: str, chunk: int, data: bytes) -> None:
         """Store one whole chunk (best effort: a full or read-only cache only costs speed)."""
@@ -182,3 +212,21 @@ class ChunkCache:
             for fd, _ in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def _lock_range(fd: int, start: int, length: int, wait: float) -> bool:
+    """Take a write lock on bytes [start, start+length) of fd, polling up to `wait` s."""
+    arg = FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    deadline = time.monotonic() + wait
+    delay = 0.002
+    while True:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
+            return True
+        except (BlockingIOError, PermissionError):  # held by another description
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        except OSError:
+            return False  # no locks here (a file system without them): fetch anyway

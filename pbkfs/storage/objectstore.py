@@ -9,7 +9,9 @@ replaced is never served. Reads are aligned to cache chunks; the chunks a read m
 are fetched with one ranged GET per run of neighbours (at most MAX_REQUEST bytes); while
 reads of an object go on where the previous ones were, the chunks after them are fetched
 in the background (doubling up to MAX_READAHEAD). A chunk is fetched by one thread at a
-time: others that need it wait for that fetch (and fetch it themselves if it fails).
+time: others that need it wait for that fetch (and fetch it themselves if it fails); and
+by one process of the host at a time (`ChunkCache.fetching`): a mount's start-up prefetch
+and its workers, or two mounts of one backup, do not fetch the same bytes twice.
 Every request is retried (throttling, 5xx, timeouts, dropped
 connections, a body cut short or of the wrong length) with exponential backoff and
 jitter, up to store.max_retries times. A read that
@@ -20,7 +22,7 @@ log line, never as wrong or partial bytes.
 from __future__ import annotations
 
 import contextlib
-import random
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -108,6 +110,7 @@ class BucketStore:
         self._inflight: dict[tuple[str, int], Future[bytes]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.wait_limit = cfg.request_timeout * (cfg.max_retries + 2)
+        self.lock_wait = cfg.request_timeout  # for another process's fetch of a chunk
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}" if rel else self.url
@@ -149,7 +152,8 @@ class BucketStore:
             stats.record_request(time.monotonic() - start, 0, False)
             if attempt < self.retries:
                 stats.record_retry()
-                time.sleep(min(MAX_BACKOFF, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+                jitter = 0.5 + int.from_bytes(os.urandom(2), "little") / 65536
+                time.sleep(min(MAX_BACKOFF, 0.1 * 2 ** attempt) * jitter)
         raise CatalogError(what, f"object store request failed {self.retries + 1} times, last: "
                            f"{_short(failure)}")
 
@@ -275,14 +279,16 @@ class BucketStore:
         another fetch cached between this thread's look at the cache and its claim (that
         fetch writes the cache before it lets go of its claim) is read from the cache."""
         data: dict[int, bytes] = {}
-        for c in chunks:
-            want = min(CHUNK, meta.size - c * CHUNK)
-            got = self.cache.read(oid, c, 0, want)
-            if got is not None and len(got) == want:
-                data[c] = got
         try:
-            data.update(self._fetch_chunks(rel, meta, oid, [c for c in chunks
-                                                            if c not in data]))
+            # host-wide too: a chunk another process is fetching is waited for, then read
+            with self.cache.fetching(oid, min(chunks), max(chunks), self.lock_wait):
+                for c in chunks:
+                    want = min(CHUNK, meta.size - c * CHUNK)
+                    got = self.cache.read(oid, c, 0, want)
+                    if got is not None and len(got) == want:
+                        data[c] = got
+                data.update(self._fetch_chunks(rel, meta, oid, [c for c in chunks
+                                                                if c not in data]))
         except BaseException as exc:
             with self._lock:
                 futures = [self._inflight.pop((oid, c)) for c in chunks]

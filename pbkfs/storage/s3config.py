@@ -9,7 +9,6 @@ the pbkfs configuration's endpoint and region win over both.
 
 from __future__ import annotations
 
-import configparser
 import os
 from pathlib import Path
 
@@ -36,6 +35,8 @@ def _profile_sections(path: Path, profile: str, config_file: bool) -> dict[str, 
     """The profile's keys of one AWS file (the config file names it `profile NAME`)."""
     if not path.is_file():
         return {}
+    import configparser  # only where AWS files are read
+
     parser = configparser.RawConfigParser()
     try:
         parser.read(path)

@@ -37,3 +37,16 @@ def test_launcher_cleanup_and_inspector_never_load_pyfuse3() -> None:
     proc = run("import pbkfs.mount.daemon, pbkfs.mount.cleanup, tools.blockmap.cli; import sys; "
                "assert 'pyfuse3' not in sys.modules")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_worker_process_loads_no_library_it_does_not_use() -> None:
+    """Each module is resident memory in every worker of every mount: a worker of a local
+    catalog reads no AWS files (configparser), hashes no store keys (hashlib), starts no
+    process (subprocess: ctypes.util.find_library runs ldconfig), copies no trees (shutil,
+    which loads bz2 and lzma) and finds its defaults without importlib.resources."""
+    proc = run("import workers.handlers, workers.loop, workers.__main__; import sys; "
+               "unused = ('configparser', 'hashlib', 'subprocess', 'shutil', 'tempfile', "
+               "'importlib.resources', 'random', 'bz2', 'lzma', 'trio', 'pyfuse3'); "
+               "bad = sorted(m for m in unused if m in sys.modules); "
+               "assert not bad, bad")
+    assert proc.returncode == 0, proc.stderr

@@ -234,3 +234,37 @@ class _Ctx:
     gid = 0
     pid = os.getpid()
     umask = 0o22
+
+
+def test_a_first_read_hook_runs_once_and_never_fails_the_read(tmp_path: Path) -> None:
+    """The per-database prefetch (pbkfs.view.prefetch) starts at the first read of a
+    database's relation map: not at an open (PostgreSQL's start opens and fsyncs every file
+    without reading it), once, whoever reads, and a failing hook is only logged."""
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        ran: list[int] = []
+        logged: list[str] = []
+        vfs.log = logged.append
+        first, second = lookup_path(vfs, "base/1/100"), lookup_path(vfs, "base/1/200")
+
+        def boom() -> None:
+            raise RuntimeError("cannot start a thread")
+
+        vfs.first_read = {first: lambda: ran.append(first), second: boom}
+        fh = await vfs.open(first, os.O_RDWR)
+        await vfs.fsync(fh, False)
+        await vfs.release(fh)
+        assert ran == []  # opened and synced, never read
+        for _ in range(3):
+            fh = await vfs.open(first, os.O_RDONLY)
+            assert await vfs.read(fh, 0, BS) == files["base/1/100"][:BS]
+            await vfs.release(fh)
+        assert ran == [first]
+        fh = await vfs.open(second, os.O_RDONLY)
+        assert await vfs.read(fh, 0, BS) == files["base/1/200"][:BS]  # served all the same
+        await vfs.release(fh)
+        assert vfs.first_read == {}
+        assert any("cannot start a thread" in line for line in logged), logged
+
+    run_vfs(tmp_path, body, workers=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,3 +93,38 @@ def test_a_scan_reads_ahead(reader: tuple[BucketStore, bytes]) -> None:
                                 meta.size, meta.etag)
     store._pool().shutdown(wait=True)  # the background fetches have finished
     assert all(store.cache.has(oid, c) for c in range(3, 7)), os.listdir(store.cache.root)
+
+
+def _read_whole(url: str, endpoint: str, cache_dir: str, start: object) -> tuple[int, bool]:
+    """In a process of its own: read the object once; (bytes this process fetched, exact)."""
+    from pbkfs.storage import stats
+
+    configure(StoreConfig(endpoint=endpoint, cache_dir=cache_dir, request_timeout=30,
+                          max_retries=3))
+    store = BucketStore(url)
+    meta = store.meta("cat/obj")
+    assert meta is not None
+    start.wait(60)  # type: ignore[attr-defined]
+    data = store.read("cat/obj", meta, 0, meta.size)
+    expected = random.Random(1).randbytes(SIZE)
+    return stats.snapshot().bytes_fetched, data == expected
+
+
+def test_processes_sharing_the_cache_fetch_each_chunk_once(
+        reader: tuple[BucketStore, bytes], fault_proxy: FaultProxy, bucket: str,
+        tmp_path: Path) -> None:
+    """Two processes of the host (a mount's prefetch and its worker, two mounts) reading the
+    same object at once: one fetches, the other waits for it and reads the cache."""
+    import multiprocessing
+
+    fault_proxy.latency = 0.3  # both are in flight together
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Manager().Event()
+    with ctx.Pool(2) as pool:
+        results = pool.starmap_async(_read_whole, [
+            (f"s3://{bucket}", fault_proxy.endpoint, str(tmp_path / "cache"), start)] * 2)
+        time.sleep(1.0)  # both processes have listed the bucket and wait at the start
+        start.set()
+        got = results.get(120)
+    assert all(exact for _, exact in got), got
+    assert sum(n for n, _ in got) == SIZE, got  # each chunk fetched once on the host

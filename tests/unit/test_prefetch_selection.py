@@ -1,14 +1,20 @@
-"""What a mount of an object-store catalog fetches at start: global/ and the system
-catalogs' main forks of every chain member with their regions of the page index (not
-the whole index); never user relations or other forks."""
+"""What a mount of an object-store catalog fetches ahead: global/ at start, and per
+database directory the main forks of its system catalogs, keyed for the first open of its
+relation map; each with its region of the page index (not the whole index); never user
+relations or other forks."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
+from pbkfs.fs.namespace import Namespace
+from pbkfs.mount.frontend import prefetch_on_connect
 from pbkfs.view import open_view
-from pbkfs.view.prefetch import startup_objects
+from pbkfs.view.prefetch import RELATION_MAP, startup_objects, startup_plan
+from pbkfs.view.source import SourceSpec, open_source
 
 
 def test_startup_objects_are_indexes_global_and_system_catalogs(fixtures_dir: Path) -> None:
@@ -30,11 +36,45 @@ def test_startup_objects_are_indexes_global_and_system_catalogs(fixtures_dir: Pa
         assert any(re.search(r"/database/base/\d+/1259$", p) for p in rest)  # pg_class
         for p in rest:
             rel = p.split("/database/", 1)[1]
-            assert rel.startswith("global/") or re.fullmatch(r"base/\d+/\d+", rel), rel
-            if rel.startswith("base/"):
+            assert rel.startswith("global/") or re.fullmatch(
+                r"(base|pg_tblspc/\d+/[^/]+)/\d+/\d+", rel), rel
+            if not rel.startswith("global/"):
                 assert int(rel.rsplit("/", 1)[1]) < 16384, rel
         assert len(set(objects)) == len(objects)
         members = {m.id for m in view.chain}
         assert {p.split("/backups/main/")[1].split("/")[0] for p in rest} <= members
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("backup_id", ["TP2KC3", "TP2KBV"])
+def test_global_at_start_each_database_at_its_first_connection(fixtures_dir: Path,
+                                                                backup_id: str) -> None:
+    catalog = fixtures_dir / "pg15" / "catalog"
+    view = open_view(catalog, "main", backup_id)
+    try:
+        plan = startup_plan(view)
+    finally:
+        view.close()
+    common = [str(f.location).split("/database/", 1)[-1] for f in plan.common]
+    assert any(p == "global/pg_control" for p in common)
+    assert all(p.startswith("global/") or "/database/" not in p for p in common)
+    assert {"base/1", "base/4", "base/5"} <= set(plan.databases)  # template1/0, postgres
+    # A database made in a tablespace keeps its catalogs (and its map) there; one dropped
+    # after an earlier backup of the chain is not fetched (TP2KC3 follows its DROP).
+    in_tablespace = "pg_tblspc/16384/PG_15_202209061/16603"
+    assert (in_tablespace in plan.databases) == (backup_id == "TP2KBV")
+    for directory, fetches in plan.databases.items():
+        stored = [str(f.location) for f in fetches if f.length < 0]
+        assert stored and all(
+            re.fullmatch(rf".*/database/{directory}/\d+", p) for p in stored), directory
+    source = open_source(SourceSpec("catalog", store=str(catalog), instance="main",
+                                    backup_id=backup_id))
+    try:
+        ns = Namespace(0, 0, 0)
+        ns.load_entries(source.entries())
+    finally:
+        source.close()
+    hooks = prefetch_on_connect(ns, plan)
+    maps = {ns.resolve(f"{d}/{RELATION_MAP}").ino for d in plan.databases}
+    assert set(hooks) == maps  # one per database, on its relation map's inode

@@ -138,3 +138,65 @@ def test_processes_sharing_the_cache_never_see_a_partial_chunk(tmp_path: Path) -
     with ctx.Pool(4) as pool:
         assert pool.starmap(_hammer, [(str(tmp_path), s) for s in range(4)]) == [0, 0, 0, 0]
     assert not list(tmp_path.glob("*/*.tmp"))  # no temporary file left behind
+
+
+def _hold_fetch_claim(root: str, oid: str, held: object, go: object, marker: str) -> None:
+    """Take the host-wide claim on chunks 0..3 of `oid`, say so, hold it until `go`."""
+    cache = ChunkCache(root, 1 << 30)
+    with cache.fetching(oid, 0, 3, wait=5) as claimed:
+        assert claimed
+        held.set()  # type: ignore[attr-defined]
+        go.wait(60)  # type: ignore[attr-defined]
+        Path(marker).write_text("released")  # written before the claim goes
+
+
+def test_one_process_at_a_time_fetches_a_chunk(tmp_path: Path) -> None:
+    """ChunkCache.fetching: another process's claim on overlapping chunks of the same object
+    is waited for (then the chunk is found in the cache), a claim on other chunks or other
+    objects is not; a holder that never lets go is waited for only `wait` seconds, and a
+    killed holder's claim goes with it."""
+    import multiprocessing
+    import signal
+    import threading
+
+    ctx = multiprocessing.get_context("spawn")
+    cache = ChunkCache(str(tmp_path), 1 << 30)
+    oid, other = ChunkCache.object_id("a"), ChunkCache.object_id("b")
+    held, go = ctx.Event(), ctx.Event()
+    marker = tmp_path / "released"
+    holder = ctx.Process(target=_hold_fetch_claim, args=(str(tmp_path), oid, held, go,
+                                                         str(marker)))
+    holder.start()
+    try:
+        assert held.wait(60)
+        with cache.fetching(oid, 2, 2, wait=0.2) as claimed:
+            assert not claimed  # held elsewhere: not waited for past `wait`
+        with cache.fetching(oid, 4, 9, wait=0.2) as claimed:
+            assert claimed  # other chunks of the same object
+        with cache.fetching(other, 0, 3, wait=0.2) as claimed:
+            assert claimed  # another object
+        seen: list[tuple[bool, bool]] = []
+
+        def waiter() -> None:
+            with cache.fetching(oid, 3, 5, wait=60) as claimed:
+                seen.append((claimed, marker.exists()))
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        go.set()
+        t.join(60)
+        assert seen == [(True, True)]  # waited until the holder let go
+    finally:
+        go.set()
+        holder.join(60)
+    assert holder.exitcode == 0
+    held, go = ctx.Event(), ctx.Event()
+    killed = ctx.Process(target=_hold_fetch_claim, args=(str(tmp_path), oid, held, go,
+                                                         str(marker)))
+    killed.start()
+    assert held.wait(60)
+    assert killed.pid is not None
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join(60)
+    with cache.fetching(oid, 0, 0, wait=60) as claimed:
+        assert claimed
