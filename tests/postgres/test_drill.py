@@ -67,6 +67,24 @@ def test_a_fixture_backup_passes(fixtures_dir: Path, tmp_path: Path) -> None:
     assert [c["name"] for c in report["checks"]] == ["mount", "start", "recovery", "amcheck",
                                                     f"sql {check}"]
     assert all(c["ok"] for c in report["checks"]) and report["recovery_end"]
+    assert "fsync off" in report["checks"][1]["detail"]  # a throwaway server
+
+
+def test_a_kept_drill_stops_its_server_cleanly(fixtures_dir: Path) -> None:
+    """--keep: the server runs with fsync on and stops with a shutdown checkpoint, so the
+    kept diff is a clean one."""
+    proc = drill("-B", str(fixtures_dir / "pg15" / "catalog"), "--instance", "main", "-i",
+                 "TP2KC3", "--no-amcheck", "--keep", "--format", "json")
+    report = json.loads(proc.stdout)
+    kept = Path(report["kept"])
+    try:
+        assert proc.returncode == 0 and report["ok"], proc.stdout + proc.stderr
+        assert "fsync on" in report["checks"][1]["detail"]
+        log = (kept / "sock" / "postgresql.log").read_text()
+        assert "database system is shut down" in log, log[-2000:]
+        assert (kept / "diff" / "objects").is_dir()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def test_a_failing_check_fails_the_drill(fixtures_dir: Path, tmp_path: Path) -> None:
