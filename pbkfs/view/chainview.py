@@ -30,7 +30,7 @@ from pbkfs.view.entries import (
     StoredCopy,
     ViewEntry,
 )
-from pbkfs.view.pages import read_stored_page
+from pbkfs.view.pages import read_stored_pages
 from pbkfs.view.rewrite import parse_tablespace_map, strip_recovery_settings
 
 log = logging.getLogger(__name__)
@@ -230,10 +230,47 @@ class ChainView:
     def _read_data(self, path: str, offset: int, end: int) -> bytes:
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        parts = [self.read_block(path, b) for b in range(first, last + 1)]
+        parts = self._read_blocks(path, first, last + 1)
         data = b"".join(parts)
         skip = offset - first * bs
         return data[skip : skip + end - offset]
+
+    def _read_blocks(self, path: str, first: int, stop: int) -> list[bytes]:
+        """Blocks first..stop-1 of a datafile, as `read_block` gives them: each from the
+        newest layer holding it, else zeros; a run of blocks stored as consecutive records
+        of one layer (that no newer layer overrides) is read and decoded in one go."""
+        source = self._data(path)
+        if not 0 <= first <= stop <= source.n_blocks:
+            raise ValueError(f"blocks {first}..{stop - 1} outside {path} "
+                             f"({source.n_blocks} blocks)")
+        layers = source.layers
+        indexes: list[PageIndex] = []  # of layers[:len(indexes)], loaded only when needed
+        out: list[bytes] = []
+        b = first
+        while b < stop:
+            depth, record = -1, -1
+            for depth, copy in enumerate(layers):
+                if depth == len(indexes):
+                    indexes.append(self.page_index(copy))
+                record = indexes[depth].find(b)
+                if record >= 0:
+                    break
+            if record < 0:
+                out.append(bytes(self.block_size))
+                b += 1
+                continue
+            copy, index, newer = layers[depth], indexes[depth], indexes[:depth]
+            count = 1
+            blocks = index.blocks
+            while (b + count < stop and record + count < len(blocks)
+                   and blocks[record + count] == b + count
+                   and all(i.find(b + count) < 0 for i in newer)):
+                count += 1
+            out += read_stored_pages(
+                copy, index, record, count, fds=self.fds, block_size=self.block_size,
+                relseg_size=self.relseg_size, checksums_enabled=self.checksums_enabled)
+            b += count
+        return out
 
     def _read_plain(self, path: str, source: PlainSource, offset: int, length: int) -> bytes:
         if source.error is not None:
@@ -294,14 +331,7 @@ class ChainView:
         source = self._data(path)
         if not 0 <= block < source.n_blocks:
             raise ValueError(f"block {block} outside {path} ({source.n_blocks} blocks)")
-        for copy in source.layers:
-            index = self.page_index(copy)
-            record = index.find(block)
-            if record >= 0:
-                return read_stored_page(
-                    copy, index, record, fds=self.fds, block_size=self.block_size,
-                    relseg_size=self.relseg_size, checksums_enabled=self.checksums_enabled)
-        return bytes(self.block_size)
+        return self._read_blocks(path, block, block + 1)[0]
 
     def block_sources(self, path: str) -> list[str | None]:
         """Per block of a datafile: the id of the backup serving it, None for zeros."""
