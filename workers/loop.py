@@ -88,7 +88,7 @@ class Worker:
         if inline:
             # Nothing of this inode is queued: answer here, without a thread hand-off;
             # replies of one input chunk leave together (see run).
-            self.replies += P.encode(self.handlers.handle(req))
+            P.encode_into(self.replies, self.handlers.handle(req))
             return
         self.pool.submit(self._drain, ino)
 

@@ -133,28 +133,57 @@ def encode(msg: Msg) -> bytes:
     return LEN.pack(len(body)) + body
 
 
+def encode_into(buf: bytearray, msg: Msg) -> None:
+    """Append one frame to `buf`, encoded in place: a read's data is copied once, not into
+    a body and then into a frame and then into the buffer."""
+    start = len(buf)
+    buf += bytes(LEN.size)
+    _encoder.encode_into(msg, buf, start + LEN.size)
+    LEN.pack_into(buf, start, len(buf) - start - LEN.size)
+
+
 class FrameBuffer:
-    """Accumulates bytes from a pipe and yields complete frame bodies."""
+    """Accumulates bytes from a pipe and yields complete frame bodies.
+
+    Frames that lie whole in the chunk just read (the common case) are handed out as
+    views of it (a chunk of bytes never changes, so a view stays valid); only a frame that
+    spans reads is copied out of the buffer that joins them.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._buf += chunk
-        out: list[bytes] = []
+    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
+        out: list[bytes | memoryview] = []
         pos = 0
-        buf = self._buf
-        while len(buf) - pos >= 4:
-            (n,) = LEN.unpack_from(buf, pos)
-            if n > MAX_FRAME:
-                raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME} limit")
-            if len(buf) - pos - 4 < n:
-                break
-            out.append(bytes(buf[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        if pos:
+        if self._buf:
+            buf = self._buf
+            buf += chunk
+            while len(buf) - pos >= 4:
+                n = self._length(buf, pos)
+                if len(buf) - pos - 4 < n:
+                    break
+                out.append(bytes(memoryview(buf)[pos + 4 : pos + 4 + n]))
+                pos += 4 + n
             del buf[:pos]
+            return out
+        view = memoryview(chunk)
+        while len(chunk) - pos >= 4:
+            n = self._length(chunk, pos)
+            if len(chunk) - pos - 4 < n:
+                break
+            out.append(view[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        if pos < len(chunk):
+            self._buf += view[pos:]
         return out
+
+    @staticmethod
+    def _length(data: bytes | bytearray, pos: int) -> int:
+        (n,) = LEN.unpack_from(data, pos)
+        if n > MAX_FRAME:
+            raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME} limit")
+        return int(n)
 
 
 class WorkerSpec(msgspec.Struct):
