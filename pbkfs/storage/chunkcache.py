@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pbkfs.codecs.crc import crc32c
 
@@ -109,15 +109,17 @@ class ChunkCache:
         return fd, length
 
     @contextlib.contextmanager
-    def fetching(self, oid: str, first: int, last: int, wait: float) -> Iterator[bool]:
+    def fetching(self, oid: str, first: int, last: int, wait: float,
+                 done: Callable[[], bool] | None = None) -> Iterator[bool]:
         """Hold the host-wide claim on chunks first..last of an object while fetching them.
 
         One process at a time fetches a chunk: another that needs it waits here, then
         finds it in the cache (the caller looks after entering). An open file description
         lock (a byte range of FETCH_LOCK per chunk) goes with its descriptor, so a killed
         holder frees it; a holder that does not finish within `wait` seconds (stopped,
-        starved) is not waited for: the chunk is fetched twice, never served wrong. Yields
-        whether the claim was taken."""
+        starved) is not waited for: the chunk is fetched twice, never served wrong; nor is
+        one whose chunks another process has cached meanwhile (`done`, asked between tries).
+        Yields whether the claim was taken."""
         base = int(oid[:10], 16) * SLOTS_PER_OBJECT
         start = base + min(first, SLOTS_PER_OBJECT - 1)
         length = min(last, SLOTS_PER_OBJECT - 1) - min(first, SLOTS_PER_OBJECT - 1) + 1
@@ -128,7 +130,7 @@ class ChunkCache:
             yield False  # a cache this process cannot lock: fetch without the claim
             return
         try:
-            yield _lock_range(fd, start, length, wait)
+            yield _lock_range(fd, start, length, wait, done)
         finally:
             os.close(fd)  # releases the lock
 
@@ -214,8 +216,10 @@ class ChunkCache:
             self._fds.clear()
 
 
-def _lock_range(fd: int, start: int, length: int, wait: float) -> bool:
-    """Take a write lock on bytes [start, start+length) of fd, polling up to `wait` s."""
+def _lock_range(fd: int, start: int, length: int, wait: float,
+                done: Callable[[], bool] | None) -> bool:
+    """Take a write lock on bytes [start, start+length) of fd, polling up to `wait` s or
+    until `done()`."""
     arg = FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
     deadline = time.monotonic() + wait
     delay = 0.002
@@ -224,7 +228,7 @@ def _lock_range(fd: int, start: int, length: int, wait: float) -> bool:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
             return True
         except (BlockingIOError, PermissionError):  # held by another description
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (done is not None and done()):
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

@@ -281,7 +281,8 @@ class BucketStore:
         data: dict[int, bytes] = {}
         try:
             # host-wide too: a chunk another process is fetching is waited for, then read
-            with self.cache.fetching(oid, min(chunks), max(chunks), self.lock_wait):
+            with self.cache.fetching(oid, min(chunks), max(chunks), self.lock_wait,
+                                     lambda: all(self.cache.has(oid, c) for c in chunks)):
                 for c in chunks:
                     want = min(CHUNK, meta.size - c * CHUNK)
                     got = self.cache.read(oid, c, 0, want)

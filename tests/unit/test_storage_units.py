@@ -171,6 +171,9 @@ def test_one_process_at_a_time_fetches_a_chunk(tmp_path: Path) -> None:
         assert held.wait(60)
         with cache.fetching(oid, 2, 2, wait=0.2) as claimed:
             assert not claimed  # held elsewhere: not waited for past `wait`
+        # ... nor once the chunks are cached by someone else (else the suite's timeout fires)
+        with cache.fetching(oid, 2, 2, wait=3600, done=lambda: True) as claimed:
+            assert not claimed
         with cache.fetching(oid, 4, 9, wait=0.2) as claimed:
             assert claimed  # other chunks of the same object
         with cache.fetching(other, 0, 3, wait=0.2) as claimed:
