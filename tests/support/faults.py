@@ -227,6 +227,16 @@ class Server:
             raise AssertionError(f"{exc}; processes:\n{postgres_states()}\nlog:\n"
                                  f"{self.pg.log_tail(4000)}") from None
 
+    def settle(self, timeout: float = 120) -> float:
+        """A CHECKPOINT, then wait until the server serves. A write that failed earlier (a
+        stalled request answered EIO) makes the next checkpoint's fsync of that file fail:
+        PostgreSQL PANICs and recovers, as it must; this makes that happen now, not in the
+        middle of the checks that follow."""
+        with contextlib.suppress(psycopg.Error):
+            with self.connect(60) as conn:
+                conn.execute("CHECKPOINT")
+        return self.wait_serving(timeout)
+
     def log(self) -> str:
         try:
             return self.pg.logfile.read_text(errors="replace")
