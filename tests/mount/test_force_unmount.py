@@ -261,9 +261,15 @@ def test_force_finds_a_hung_lazily_detached_mount_by_its_record(
     assert rec.conn, "the runtime record names the mount's FUSE connection"
     assert f"aborted the mount's FUSE connection /sys/fs/fuse/connections/{rec.conn}" in \
         res.stdout, res.stdout
-    assert not os.path.exists(f"/sys/fs/fuse/connections/{rec.conn}/abort")
     assert mount_processes(work) == [], "a process of the mount is still alive"
     writer.wait(timeout=30)  # no longer blocked: its request failed with the mount
+    # The connection's control directory goes with the last reference to the detached
+    # mount: the writer's descriptor, closed as it exits (later than the command's return
+    # on a busy machine).
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/sys/fs/fuse/connections/{rec.conn}/abort"):
+        assert time.monotonic() < deadline, f"FUSE connection {rec.conn} still there"
+        time.sleep(0.1)
     assert runtime_files(mnt, rec.shm) == []
     again = pbkfs("unmount", "-D", str(mnt), "--force", timeout=UNMOUNT_TIMEOUT, check=False)
     assert again.returncode != 0 and "not mounted" in again.stderr
