@@ -198,6 +198,20 @@ class Vfs:
         a create or rename); the line naming the directory is what the DBA looks for.
         """
         self.full_refusals += 1
+        self._log_full()
+
+    def check_space(self) -> None:
+        """Say so too when the diff's file system has no space left for PostgreSQL though
+        no request here was refused: its WAL in `<diff>/wal` never passes through the mount,
+        and a WAL write that fails stops the server before any data write does."""
+        try:
+            free = os.statvfs(self.statfs_path).f_bavail  # what a non-root user may use
+        except OSError:
+            return
+        if free == 0:
+            self._log_full()
+
+    def _log_full(self) -> None:
         now = time.monotonic()
         if now - self._full_logged_at >= FULL_LOG_EVERY_S:
             self._full_logged_at = now
@@ -464,9 +478,11 @@ class Vfs:
         self._remove_covered()
 
     async def housekeeping(self, period: float = 1.0) -> None:
-        """Removals wait for a durable journal: sync it now and then so space comes back."""
+        """Removals wait for a durable journal: sync it now and then so space comes back;
+        and a full diff is logged even when nothing here was refused (check_space)."""
         while True:
             await trio.sleep(period)
+            self.check_space()
             if self.removals:
                 await self.sync_journal()
 

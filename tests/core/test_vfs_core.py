@@ -6,6 +6,7 @@ exactly as in a mount; only the kernel is missing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -266,5 +267,33 @@ def test_a_first_read_hook_runs_once_and_never_fails_the_read(tmp_path: Path) ->
         await vfs.release(fh)
         assert vfs.first_read == {}
         assert any("cannot start a thread" in line for line in logged), logged
+
+    run_vfs(tmp_path, body, workers=1)
+
+
+def test_a_full_file_system_under_the_diff_is_logged_without_a_refused_request(
+        tmp_path: Path) -> None:
+    """PostgreSQL's WAL in <diff>/wal fills the disk without passing through the mount: the
+    line naming the full diff comes from the periodic check all the same (not more than
+    once per FULL_LOG_EVERY_S)."""
+    from tests.support.mounting import small_tmpfs
+
+    make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        logged: list[str] = []
+        vfs.log = logged.append
+        with small_tmpfs(tmp_path / "small", "1m") as small:
+            vfs.statfs_path = str(small)
+            vfs.check_space()
+            assert logged == []  # space left: nothing said
+            with open(small / "wal", "wb") as f:  # as a WAL writer would, past the mount
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+            vfs.check_space()
+            vfs.check_space()
+            assert len(logged) == 1 and f"the diff directory {small} is full" in logged[0]
 
     run_vfs(tmp_path, body, workers=1)
