@@ -77,12 +77,6 @@ def startup_plan(view: ChainView) -> StartupPlan:
     return StartupPlan(common, databases)
 
 
-def startup_objects(view: ChainView) -> list[Fetch]:
-    """Everything of the plan, in one list."""
-    plan = startup_plan(view)
-    return plan.common + [f for fetches in plan.databases.values() for f in fetches]
-
-
 def fetch_all(objects: list[Fetch], log: Callable[[str], None],
               threads: int = THREADS, what: str = "PostgreSQL's start") -> None:
     """Read every object or range (into the host's cache), in parallel, in the

@@ -13,14 +13,15 @@ import pytest
 from pbkfs.fs.namespace import Namespace
 from pbkfs.mount.frontend import prefetch_on_connect
 from pbkfs.view import open_view
-from pbkfs.view.prefetch import RELATION_MAP, startup_objects, startup_plan
+from pbkfs.view.prefetch import RELATION_MAP, startup_plan
 from pbkfs.view.source import SourceSpec, open_source
 
 
 def test_startup_objects_are_indexes_global_and_system_catalogs(fixtures_dir: Path) -> None:
     view = open_view(fixtures_dir / "pg15" / "catalog", "main", "TP2KC3")
     try:
-        fetches = startup_objects(view)
+        plan = startup_plan(view)
+        fetches = plan.common + [f for fs in plan.databases.values() for f in fs]
         maps = {str(m.page_header_map): m for m in view.chain}
         regions = [f for f in fetches if str(f.location) in maps]
         assert regions and all(f.length > 0 for f in regions)  # parts of the index only
