@@ -68,6 +68,7 @@ class Stats:
 
 
 FULL_LOG_EVERY_S = 10.0
+FULL_BELOW_BYTES = 16 << 20  # PostgreSQL's default WAL segment
 
 
 class Vfs:
@@ -203,12 +204,16 @@ class Vfs:
     def check_space(self) -> None:
         """Say so too when the diff's file system has no space left for PostgreSQL though
         no request here was refused: its WAL in `<diff>/wal` never passes through the mount,
-        and a WAL write that fails stops the server before any data write does."""
+        and a WAL write that fails stops the server before any data write does. "No space"
+        is less than one WAL segment: a failed segment is unlinked at once, so the moment
+        with nothing free is too short for a periodic check to see."""
         try:
-            free = os.statvfs(self.statfs_path).f_bavail  # what a non-root user may use
+            st = os.statvfs(self.statfs_path)
         except OSError:
             return
-        if free == 0:
+        # what a non-root user may use; below one WAL segment PostgreSQL cannot start its
+        # next one, and the one it failed to fill it removes again (so "0 free" is brief)
+        if st.f_bavail * st.f_frsize < FULL_BELOW_BYTES:
             self._log_full()
 
     def _log_full(self) -> None:

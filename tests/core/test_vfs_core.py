@@ -6,7 +6,6 @@ exactly as in a mount; only the kernel is missing.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import random
@@ -275,23 +274,35 @@ def test_a_full_file_system_under_the_diff_is_logged_without_a_refused_request(
         tmp_path: Path) -> None:
     """PostgreSQL's WAL in <diff>/wal fills the disk without passing through the mount: the
     line naming the full diff comes from the periodic check all the same (not more than
-    once per FULL_LOG_EVERY_S)."""
+    once per FULL_LOG_EVERY_S), also after the server removed the segment it could not
+    fill (then the disk is not at 0 free, but has less than a segment)."""
     from tests.support.mounting import small_tmpfs
 
     make_base(tmp_path / "base")
 
+    def write_segment(path: Path) -> bool:
+        """As PostgreSQL makes a WAL segment: zeros to 16 MiB; on ENOSPC it unlinks it."""
+        try:
+            with open(path, "wb") as f:
+                for _ in range((16 << 20) // 65536):
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            return True
+        except OSError:
+            path.unlink()
+            return False
+
     async def body(vfs: Vfs, router: Router) -> None:
         logged: list[str] = []
         vfs.log = logged.append
-        with small_tmpfs(tmp_path / "small", "1m") as small:
+        with small_tmpfs(tmp_path / "small", "48m") as small:
             vfs.statfs_path = str(small)
+            (small / "data").write_bytes(b"\0" * (20 << 20))
             vfs.check_space()
-            assert logged == []  # space left: nothing said
-            with open(small / "wal", "wb") as f:  # as a WAL writer would, past the mount
-                with contextlib.suppress(OSError):
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
+            assert logged == []  # 28 MiB left: nothing said
+            assert write_segment(small / "000000010000000000000001")
+            assert not write_segment(small / "xlogtemp.1")  # fails, removed
+            assert os.statvfs(small).f_bavail > 0
             vfs.check_space()
             vfs.check_space()
             assert len(logged) == 1 and f"the diff directory {small} is full" in logged[0]

@@ -345,8 +345,13 @@ def test_full_diff_is_a_clear_error_then_recovers(fixtures_dir: Path, work: Path
     assert not filler.thread.is_alive(), "PostgreSQL kept inserting into a full diff"
     assert "No space left on device" in filler.error or "terminat" in filler.error, filler.error
     log = diff / "pbkfs.log"
-    wait_until(lambda: f"the diff directory {diff} is full" in log.read_text(errors="replace"),
-               30, "the log line naming the full diff")
+    try:
+        wait_until(lambda: f"the diff directory {diff} is full" in log.read_text(errors="replace"),
+                   30, "the log line naming the full diff")
+    except AssertionError as exc:
+        df = subprocess.run(["df", "-k", str(small)], capture_output=True, text=True).stdout
+        raise AssertionError(f"{exc}\n{df}\n{log.stat().st_size} bytes of pbkfs.log, its end:\n"
+                             f"{log.read_text(errors='replace')[-4000:]}") from None
     time.sleep(1)  # the oracle clients meet the full diff too
     acked_full = load.count()
     pg_log = server.log()
