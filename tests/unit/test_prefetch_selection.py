@@ -1,7 +1,8 @@
 """What a mount of an object-store catalog fetches ahead: global/ at start, and per
-database directory the main forks of its system catalogs, keyed for the first open of its
-relation map; each with its region of the page index (not the whole index); never user
-relations or other forks."""
+database directory the main forks of the system catalogs a connection reads, keyed for the
+first read of its relation map; each with its region of the page index (not the whole
+index); never user relations, other forks, catalogs a connection does not read, or a file
+past the size bound."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 
 from pbkfs.fs.namespace import Namespace
 from pbkfs.mount.frontend import prefetch_on_connect
-from pbkfs.view import open_view
-from pbkfs.view.prefetch import RELATION_MAP, startup_plan
+from pbkfs.view import open_view, prefetch
+from pbkfs.view.prefetch import CONNECTION_CATALOGS, RELATION_MAP, startup_plan
 from pbkfs.view.source import SourceSpec, open_source
 
 
@@ -40,7 +41,7 @@ def test_startup_objects_are_indexes_global_and_system_catalogs(fixtures_dir: Pa
             assert rel.startswith("global/") or re.fullmatch(
                 r"(base|pg_tblspc/\d+/[^/]+)/\d+/\d+", rel), rel
             if not rel.startswith("global/"):
-                assert int(rel.rsplit("/", 1)[1]) < 16384, rel
+                assert int(rel.rsplit("/", 1)[1]) in CONNECTION_CATALOGS, rel
         assert len(set(objects)) == len(objects)
         members = {m.id for m in view.chain}
         assert {p.split("/backups/main/")[1].split("/")[0] for p in rest} <= members
@@ -79,3 +80,24 @@ def test_global_at_start_each_database_at_its_first_connection(fixtures_dir: Pat
     hooks = prefetch_on_connect(ns, plan)
     maps = {ns.resolve(f"{d}/{RELATION_MAP}").ino for d in plan.databases}
     assert set(hooks) == maps  # one per database, on its relation map's inode
+
+
+def test_catalogs_a_connection_does_not_read_and_big_files_are_left_to_demand(
+        fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    view = open_view(fixtures_dir / "pg15" / "catalog", "main", "TP2KC3")
+    try:
+        def stored(plan: prefetch.StartupPlan) -> dict[str, int]:
+            return {str(f.location).split("/database/", 1)[1]: Path(str(f.location)).stat().st_size
+                    for fs in [plan.common, *plan.databases.values()] for f in fs
+                    if f.length < 0}
+
+        everything = stored(startup_plan(view))
+        assert "base/5/1249" in everything and "base/5/2608" not in everything  # pg_depend
+        assert "base/5/2838" not in everything  # pg_rewrite's TOAST: views, not connections
+        biggest = max(everything.values())
+        monkeypatch.setattr(prefetch, "PREFETCH_MAX_BYTES", biggest - 1)
+        bounded = stored(startup_plan(view))
+        assert bounded and max(bounded.values()) < biggest
+        assert set(bounded) == {p for p, n in everything.items() if n < biggest}
+    finally:
+        view.close()
