@@ -2,14 +2,15 @@
 and against downloading the whole catalog and restoring it.
 
     .venv/bin/python -m tools.bench_s3 [--scale 20] [--latency-ms 0,20] [--seconds 10]
-        [--clients 8] [--out tools/bench_results/s3.md]
+        [--clients 8] [--rounds 3] [--out tools/bench_results/s3.md]
 
 In one run: a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, a FULL zlib `--stream`
 backup by `tools.mkbackup`, uploaded with `tools.s3sync` to a SeaweedFS started on
 loopback. For each added latency (a fault proxy between pbkfs and the server holds every
 request that long), with an empty cache: `pbkfs mount -B s3://...` to PostgreSQL's first
 answer, the bytes fetched from the store until then (`pbkfs stat`), the first full scan of
-the never-read pgbench_accounts (MB/s of the table), and pgbench select-only once warm.
+the never-read pgbench_accounts (MB/s of the table), and pgbench select-only once warm
+(all mounts stay up; their runs alternate, round after round).
 The same for a mount of the catalog on local disk (the baseline), and the time to download
 the whole catalog through the same proxy, export it as restore writes it and start
 PostgreSQL on the copy. Results go to a Markdown file with the command line.
@@ -26,7 +27,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,44 +90,73 @@ def fuse_reads(mnt: Path) -> int:
     return int(reads.get("frontend", 0)) + int(reads.get("worker", 0))
 
 
+@dataclass
+class Mounted:
+    """A measured mount left running (with its PostgreSQL) for the select-only rounds."""
+
+    res: Result
+    data: Path
+    diff: Path
+    pg: PgCluster | None = None
+    tps: list[float] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.teardown()
+        subprocess.run([PY, "-m", "pbkfs.cli.entry", "unmount", "-D", str(self.data)],
+                       capture_output=True, timeout=600, cwd=REPO)
+        force_unmount(self.data, self.diff)
+
+
 def measure_mount(label: str, store: str, backup: Backup, run: Path, env: dict[str, str],
-                  clients: int, seconds: int, flags: tuple[str, ...] = ()) -> Result:
-    """Mount, first answer, bytes fetched, first scan, warm select-only."""
-    res = Result(label)
+                  flags: tuple[str, ...] = ()) -> Mounted:
+    """Mount, first answer, bytes fetched, first scan; left mounted and prewarmed."""
     make_owned_dir(run, 0o755)
-    data, diff = make_owned_dir(run / "data", 0o700), run / "diff"
+    m = Mounted(Result(label), make_owned_dir(run / "data", 0o700), run / "diff")
+    res = m.res
     cmd = [PY, "-m", "pbkfs.cli.entry", "mount", "-B", store, "--instance", backup.instance,
-           "-i", backup.backup_id, "-D", str(data), "-d", str(diff), *flags]
+           "-i", backup.backup_id, "-D", str(m.data), "-d", str(m.diff), *flags]
     log(f"  load {load1():.2f}: {shlex.join(['pbkfs', *cmd[3:]])}")
-    pg = None
     try:
         t0 = time.monotonic()
         subprocess.run(cmd, check=True, capture_output=True, timeout=600, cwd=REPO,
                        env={**os.environ, **env})
         res.mount_s = time.monotonic() - t0
-        pg = PgCluster(data, free_port(), run / "sock")
-        res.first_query_s = first_query(pg, t0)
-        store_figures = pbkfs_stat(data).get("store")
+        m.pg = PgCluster(m.data, free_port(), run / "sock")
+        res.first_query_s = first_query(m.pg, t0)
+        store_figures = pbkfs_stat(m.data).get("store")
         if isinstance(store_figures, dict):
             res.fetched = int(store_figures["bytes_fetched"])
             res.requests = int(store_figures["requests"])
-        scan_s, size = first_scan(pg)
+        scan_s, size = first_scan(m.pg)
         res.scan_mb_s = size / 1e6 / scan_s
-        prewarm(pg)
-        before = fuse_reads(data)
-        res.select_tps = statistics.median(pgbench(pg, True, clients, seconds)
-                                           for _ in range(3))
-        res.select_reads = fuse_reads(data) - before
+        prewarm(m.pg)
         log(f"  {label}: first query {res.first_query_s:.2f} s, fetched {res.fetched}, scan "
-            f"{res.scan_mb_s:.0f} MB/s, select-only {res.select_tps:.0f} tps "
-            f"({res.select_reads} reads reached pbkfs)")
-    finally:
-        if pg is not None:
-            pg.teardown()
-        subprocess.run([PY, "-m", "pbkfs.cli.entry", "unmount", "-D", str(data)],
-                       capture_output=True, timeout=600, cwd=REPO)
-        force_unmount(data, diff)
-    return res
+            f"{res.scan_mb_s:.0f} MB/s")
+    except BaseException:
+        m.close()
+        raise
+    return m
+
+
+def close_all(mounts: list[Mounted]) -> None:
+    for m in mounts:
+        m.close()
+
+
+def select_only_rounds(mounts: list[Mounted], rounds: int, clients: int,
+                       seconds: int) -> None:
+    """pgbench select-only on every mount in turn, `rounds` times (so a drift of the
+    machine's speed during the run falls on all of them alike); the median per mount."""
+    before = {id(m): fuse_reads(m.data) for m in mounts}
+    for r in range(rounds):
+        for m in (mounts if r % 2 == 0 else mounts[::-1]):
+            assert m.pg is not None
+            m.tps.append(pgbench(m.pg, True, clients, seconds))
+            log(f"  round {r + 1} {m.res.label}: {m.tps[-1]:.0f} tps")
+    for m in mounts:
+        m.res.select_tps = statistics.median(m.tps)
+        m.res.select_reads = fuse_reads(m.data) - before[id(m)]
 
 
 def download(url: str, dest: Path, endpoint: str, server: S3Server) -> float:
@@ -179,8 +210,10 @@ def report(args: argparse.Namespace, backup_size: int, results: list[Result],
         f"Backup: pgbench scale {scale}, FULL zlib `--stream`, {backup_size / 1e6:.0f} MB in "
         f"the catalog, of which {args.wal_size / 1e6:.0f} MB are the WAL inside the backup "
         "(the default layout copies it into the diff at the first mount). "
-        f"pgbench select-only `-c {args.clients}`, median of 3 runs of {args.seconds} s, after a "
-        "prewarm; first scan = `SELECT count(*) FROM pgbench_accounts` on a fresh mount. "
+        f"pgbench select-only `-c {args.clients}`, median of {args.rounds} runs of "
+        f"{args.seconds} s, after a prewarm, every mount's runs in turn (all mounts up at "
+        "once, the order reversed every other round); first scan = "
+        "`SELECT count(*) FROM pgbench_accounts` on a fresh mount. "
         "Machine: 2 CPUs; load average before the run "
         f"{args.load_before:.2f}.", "",
         "| configuration | mount s | to first query s | fetched before first query | "
@@ -210,43 +243,48 @@ def main() -> None:
     ap.add_argument("--latency-ms", default="0,20")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "s3.md")
     args = ap.parse_args()
     args.load_before = load1()
     latencies = [float(x) for x in args.latency_ms.split(",")]
-    results: list[Result] = []
-    with pg_workdir("pbkfs-bench-s3-") as work:
+    results_dl: list[Result] = []
+    mounts: list[Mounted] = []
+    with pg_workdir("pbkfs-bench-s3-") as work, ExitStack() as stack:
         backup = make_backup(work / "source", args.scale, copy=False)
         size = du(backup.store)
         args.wal_size = du(backup.store / "backups" / backup.instance / backup.backup_id /
                            "database" / "pg_wal")
-        with S3Server.start(make_owned_dir(work / "s3", 0o755)) as server:
-            server.make_bucket(BUCKET)
-            url = f"s3://{BUCKET}/catalog"
-            sync_dir(backup.store, url, env=server.env())
-            os.environ.update(server.env())
-            results.append(measure_mount("local disk", str(backup.store), backup,
-                                         work / "local", {}, args.clients, args.seconds))
-            for ms in latencies:
-                with FaultProxy(server.endpoint) as proxy:
-                    proxy.latency = ms / 1000
-                    conf = make_owned_dir(work / f"conf{ms:g}", 0o755) / "pbkfs.toml"
-                    conf.write_text(f'[store]\ncache_dir = "{conf.parent / "cache"}"\n'
-                                    f'endpoint = "{proxy.endpoint}"\n')
-                    results.append(measure_mount(
-                        f"s3, +{ms:g} ms per request", url, backup, work / f"s3-{ms:g}",
-                        {"PBKFS_CONFIG": str(conf)}, args.clients, args.seconds))
-                    if ms == latencies[-1]:  # without the first mount's copy of pg_wal
-                        conf2 = make_owned_dir(work / f"conf{ms:g}-walfuse", 0o755) / "pbkfs.toml"
-                        conf2.write_text(f'[store]\ncache_dir = "{conf2.parent / "cache"}"\n'
-                                         f'endpoint = "{proxy.endpoint}"\n')
-                        results.append(measure_mount(
-                            f"s3, +{ms:g} ms, --wal-through-mount", url, backup,
-                            work / f"s3-{ms:g}-walfuse", {"PBKFS_CONFIG": str(conf2)},
-                            args.clients, args.seconds, ("--wal-through-mount",)))
-                    results.append(measure_download_restore(
-                        f"download + restore, +{ms:g} ms", url, backup, work / f"dl-{ms:g}",
-                        proxy.endpoint, server))
+        server = stack.enter_context(S3Server.start(make_owned_dir(work / "s3", 0o755)))
+        server.make_bucket(BUCKET)
+        url = f"s3://{BUCKET}/catalog"
+        sync_dir(backup.store, url, env=server.env())
+        os.environ.update(server.env())
+        stack.callback(close_all, mounts)
+        mounts.append(measure_mount("local disk", str(backup.store), backup,
+                                    work / "local", {}))
+        for ms in latencies:
+            proxy = stack.enter_context(FaultProxy(server.endpoint))
+            proxy.latency = ms / 1000
+            conf = make_owned_dir(work / f"conf{ms:g}", 0o755) / "pbkfs.toml"
+            conf.write_text(f'[store]\ncache_dir = "{conf.parent / "cache"}"\n'
+                            f'endpoint = "{proxy.endpoint}"\n')
+            mounts.append(measure_mount(
+                f"s3, +{ms:g} ms per request", url, backup, work / f"s3-{ms:g}",
+                {"PBKFS_CONFIG": str(conf)}))
+            if ms == latencies[-1]:  # without the first mount's copy of pg_wal
+                conf2 = make_owned_dir(work / f"conf{ms:g}-walfuse", 0o755) / "pbkfs.toml"
+                conf2.write_text(f'[store]\ncache_dir = "{conf2.parent / "cache"}"\n'
+                                 f'endpoint = "{proxy.endpoint}"\n')
+                mounts.append(measure_mount(
+                    f"s3, +{ms:g} ms, --wal-through-mount", url, backup,
+                    work / f"s3-{ms:g}-walfuse", {"PBKFS_CONFIG": str(conf2)},
+                    ("--wal-through-mount",)))
+            results_dl.append(measure_download_restore(
+                f"download + restore, +{ms:g} ms", url, backup, work / f"dl-{ms:g}",
+                proxy.endpoint, server))
+        select_only_rounds(mounts, args.rounds, args.clients, args.seconds)
+        results = [m.res for m in mounts] + results_dl
     text = report(args, size, results, args.scale)
     args.out.write_text(text)
     print(text)
