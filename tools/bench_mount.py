@@ -488,6 +488,9 @@ def run_round(run: Run, number: int) -> None:
                 load = load1()
                 wait.runs.append(load)
                 log(f"  round {number}, load {load:.2f}: {cfg.label} {mode} -c {c} ...")
+                # every run starts right after a checkpoint: the same full-page writes in
+                # each, and no checkpoint (of this server) falling into some runs only
+                cfg.pg.psql("CHECKPOINT")
                 tps = pgbench(cfg.pg, select, c, args.seconds)
                 run.results.setdefault((cfg.label, mode, c), []).append(tps)
                 log(f"    {tps:.0f} tps")
@@ -723,7 +726,9 @@ def header_lines(run: Run) -> list[str]:
         " right after the first query: the first full scan of pgbench_accounts (before anything"
         " else reads it; the backup's files may still be in the OS cache from making it), then"
         " every pgbench table and index is read once with `pg_prewarm(..., 'read')`, so the"
-        " pgbench runs compare steady states.",
+        " pgbench runs compare steady states. Each run starts right after a `CHECKPOINT` of"
+        " its server (each run then has the same full-page writes, and none a checkpoint"
+        " that others miss).",
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()},"
         f" kernel {platform.release()}. Date: {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
         "",
