@@ -39,7 +39,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.pbkfs-installed
 want=$(cat pyproject.toml pbkfs/codecs/_native.c | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# the built codec module lives in the tree (editable install): a `git clean` removes it
+built=$(ls pbkfs/codecs/_native*.so 2>/dev/null | head -1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ -z "$built" ]; then
     echo "setup: installing pbkfs (editable, with test extras) into .venv"
     # tests/core/test_install.py builds a wheel with this setuptools (no build isolation)
     # and installs it with `pip --python`: both must be current (setuptools >= 77 reads

@@ -15,6 +15,7 @@ import msgspec
 
 from pbkfs.diff.objects import ObjectStore
 from pbkfs.diff.sharedmaps import Region, Segment
+from pbkfs.fdlimit import open_objects_bound, raise_soft_limit
 from pbkfs.ipc import protocol as P
 from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.logsetup import setup_logging
@@ -55,7 +56,8 @@ def main(argv: list[str]) -> int:
         # not. Adopted by the objects when they are opened again; the region starts afresh.
         inherited = region.inherited()
         region.reset()
-    store = ObjectStore(spec.objects, source, source.block_size, region, log=log,
+    store = ObjectStore(spec.objects, source, source.block_size, region,
+                        max_open=open_objects_bound(raise_soft_limit()), log=log,
                         inherited=inherited)
     worker = Worker(Handlers(store, log), threads=spec.threads, index=spec.index)
     worker.send(P.Ready(0, os.getpid(), spec.index))

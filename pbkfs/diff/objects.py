@@ -134,6 +134,7 @@ class ObjectStore:
         self.log = log or (lambda _m: None)
         self._objs: OrderedDict[int, Obj] = OrderedDict()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # an object's busy count fell
         self._region_lock = threading.Lock()
         self._slots: dict[int, int] = {}  # fid -> shared-memory slot, for the object's life
         # Bits an earlier process of this worker set but never synced (from shared memory):
@@ -156,11 +157,15 @@ class ObjectStore:
             obj.busy = 1
             self._objs[fid] = obj
             self._evict(keep=fid)
+            overflow = self._overflow(keep=fid)
+        for old in overflow:
+            self._sync_and_close(old)
         return obj
 
     def _put(self, obj: Obj) -> None:
         with self._lock:
             obj.busy -= 1
+            self._idle.notify_all()
 
     @contextlib.contextmanager
     def _using(self, fid: int, origin: str | None) -> Iterator[Obj]:
@@ -183,6 +188,41 @@ class ObjectStore:
                 continue  # keep what an fsync still has to make durable
             del self._objs[fid]
             self._close(obj, release_slot=False)
+
+    def _overflow(self, keep: int) -> list[Obj]:
+        """Objects past max_open that only unsynced writes keep open, least recently used
+        first, marked busy: they are synced early and closed (_sync_and_close), or a
+        checkpoint that dirties more files than the process may hold descriptors would
+        fail its writes with EMFILE. (Writing back before the fsync asks is always
+        allowed; it is what the kernel does with dirty pages anyway.)"""
+        excess = len(self._objs) - self.max_open
+        out: list[Obj] = []
+        if excess <= 0:
+            return out
+        for fid, obj in self._objs.items():
+            if len(out) >= excess:
+                break
+            if fid != keep and not obj.busy and not obj.failed:
+                obj.busy += 1
+                out.append(obj)
+        return out
+
+    def _sync_and_close(self, obj: Obj) -> None:
+        try:
+            self._fsync(obj, datasync=False)
+        except OSError as exc:
+            # kept open: the failure is the next fsync's answer (obj.failed)
+            self.log(f"object {obj.fid}: early sync to free descriptors failed: {exc}")
+        with self._lock:
+            obj.busy -= 1
+            self._idle.notify_all()
+            clean = not (obj.busy or obj.failed or obj.dirty or obj.new
+                         or (obj.map is not None and obj.map.dirty))
+            if clean and self._objs.get(obj.fid) is obj and len(self._objs) > self.max_open:
+                del self._objs[obj.fid]
+            else:
+                return
+        self._close(obj, release_slot=False)
 
     def _open(self, fid: int, origin: str | None) -> Obj:
         dpath = data_path(self.dir, fid)
@@ -476,6 +516,8 @@ class ObjectStore:
     def remove(self, fid: int) -> None:
         with self._lock:
             obj = self._objs.pop(fid, None)
+            while obj is not None and obj.busy:
+                self._idle.wait()  # an early sync of it (_sync_and_close) still runs
         if obj is not None:
             self._close(obj, release_slot=True)
         elif self.region is not None and fid in self._slots:

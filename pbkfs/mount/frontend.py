@@ -530,7 +530,10 @@ def main(argv: list[str]) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from pbkfs.fdlimit import raise_soft_limit
     from pbkfs.logsetup import setup_logging
+
+    raise_soft_limit()  # for the workers it starts, which inherit it (pbkfs.fdlimit)
 
     setup_logging(opts.log_format, opts.log_level)  # stderr: the diff's log once redirected
     return run(opts, ready, background)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pbkfs.diff.blockmap import HEADER_SIZE, SLOT_SIZE, BlockMap, MapFormatError
-from pbkfs.diff.objects import data_path, map_path
+from pbkfs.diff.objects import ObjectStore, data_path, map_path
 from tests.support.fakebase import FakeBase, fake_base, store
 
 BS = 8192
@@ -284,3 +284,45 @@ def test_map_whose_creation_failed_is_not_left_behind(
     with pytest.raises(OSError):
         BlockMap.create(path, "rel", 5 * BS, BS)
     assert not os.path.exists(path)
+
+
+def test_dirty_objects_past_the_bound_are_synced_early_and_closed(
+        tmp_path: Path, base: FakeBase) -> None:
+    """A checkpoint dirties more files than the process may hold descriptors for: past
+    max_open the least recently used dirty objects are synced early and closed, so the
+    descriptors stay bounded, every write and fsync succeeds and every byte is kept."""
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    s = ObjectStore(str(objects), base, BS, max_open=8)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for fid in range(1, 41):
+        s.write(fid, "rel", BS, bytes([fid]) * BS)
+        assert s.open_count() <= 8
+    assert len(os.listdir("/proc/self/fd")) - fds_before <= 2 * 8 + 2
+    for fid in range(1, 41):
+        s.fsync(fid, datasync=False)  # open or closed early: both succeed
+    s.close_all()
+    s2 = ObjectStore(str(objects), base, BS)
+    for fid in range(1, 41):
+        assert s2.read(fid, "rel", 0, 3 * BS) == (
+            base.files["rel"][:BS] + bytes([fid]) * BS + base.files["rel"][2 * BS:3 * BS])
+    s2.close_all()
+
+
+def test_removal_waits_for_an_object_in_use(tmp_path: Path, base: FakeBase) -> None:
+    """remove() of an object another thread still uses (an early sync of it) waits, so
+    its descriptors are never closed, and their numbers reused, under that thread."""
+    import threading
+
+    s = store(tmp_path, base)
+    s.write(5, "rel", 0, b"r" * BS)
+    obj = s._get(5, "rel")  # in use, as by _sync_and_close
+    remover = threading.Thread(target=s.remove, args=(5,))
+    remover.start()
+    remover.join(0.3)
+    assert remover.is_alive()
+    assert os.path.exists(data_path(s.dir, 5))
+    s._put(obj)
+    remover.join(10)
+    assert not remover.is_alive()
+    assert not os.path.exists(data_path(s.dir, 5))
