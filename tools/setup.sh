@@ -40,7 +40,7 @@ fi
 stamp=.venv/.pbkfs-installed
 want=$(cat pyproject.toml pbkfs/codecs/_native.c | sha256sum | cut -d' ' -f1)
 # the built codec module lives in the tree (editable install): a `git clean` removes it
-built=$(ls pbkfs/codecs/_native*.so 2>/dev/null | head -1)
+built=$(find pbkfs/codecs -maxdepth 1 -name '_native*.so' | head -1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ -z "$built" ]; then
     echo "setup: installing pbkfs (editable, with test extras) into .venv"
     # tests/core/test_install.py builds a wheel with this setuptools (no build isolation)
