@@ -31,7 +31,7 @@ SEG_HEADER_SIZE = 4096
 REGION_HEADER = struct.Struct("<QQ")  # slots high-water, heap used
 REGION_HEADER_SIZE = 64
 ENTRY = struct.Struct("<QQQQ")  # fid, heap offset, capacity bytes, horizon
-DEFAULT_SLOTS = 16384
+DEFAULT_SLOTS = 65536  # objects per worker (a 2 MiB table); past it new blocks are fsynced
 DEFAULT_REGION = 64 << 20
 MIN_CAPACITY = 64
 
@@ -211,7 +211,11 @@ class Region:
     def reset(self) -> None:
         """Start the region afresh (a new worker process: the old one's maps are gone)."""
         buf = self.seg.buf
-        buf[self.base : self.heap] = bytes(self.heap - self.base)
+        # Entries at or past the high-water mark were never written (it is raised before
+        # an entry is): zero only up to it, so a mostly unused table is never touched.
+        high, _used = REGION_HEADER.unpack_from(buf, self.base)
+        end = self.table + min(high, self.seg.slots) * ENTRY.size
+        buf[self.base : end] = bytes(end - self.base)
         self.high = 0
         self.bump = self.heap
         self.free_slots.clear()

@@ -170,3 +170,36 @@ def test_space_reused_after_a_restart_never_shows_the_old_bits(seg: Segment) -> 
     new.release(slot)
     again = new.publish(-1, 75, b"", 28)
     assert not any(seg.covered(0, again, 75, b, b) for b in range(28))
+
+
+def test_objects_past_the_slot_table_are_made_durable_instead(tmp_path: Path) -> None:
+    """More objects than the worker's slot table holds: those without a slot have their
+    written blocks made durable at once (a worker's death would lose bits only shared
+    memory knew), and a later process (inherited bits, then reset) reads every byte."""
+    base = Base({"rel": random.Random(2).randbytes(8 * BS)})
+    s = Segment.create(f"/pbkfs-t-{uuid.uuid4().hex[:8]}", 1, BS, region_size=1 << 20,
+                       slots=4)
+    try:
+        region = Region(s, 0)
+        store = ObjectStore(str(tmp_path), base, BS, region)
+        slots = [store.write(fid, "rel", fid % 8 * BS, bytes([fid]) * BS).slot
+                 for fid in range(1, 11)]
+        assert sum(slot >= 0 for slot in slots) == 4 and slots[4:] == [-1] * 6
+        for fid in range(1, 11):  # without a slot, the block's bit is on disk already
+            on_disk = BlockMap.load(map_path(str(tmp_path), fid), writable=False)
+            assert on_disk.has(fid % 8) == (fid > 4), fid
+            on_disk.close()
+        # a worker killed now: the next one adopts what shared memory had, then starts afresh
+        inherited = region.inherited()
+        region.reset()
+        assert s.entries(0) == []
+        again = ObjectStore(str(tmp_path), base, BS, Region(s, 0), inherited=inherited)
+        for fid in range(1, 11):
+            want = bytearray(base.files["rel"])
+            want[fid % 8 * BS:(fid % 8 + 1) * BS] = bytes([fid]) * BS
+            assert again.read(fid, "rel", 0, 8 * BS) == bytes(want)
+        again.close_all()
+        store.close_all()
+    finally:
+        s.close()
+        s.unlink()
