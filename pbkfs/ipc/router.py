@@ -33,8 +33,16 @@ from pbkfs.ipc.protocol import WorkerSpec
 from pbkfs.view.source import SourceSpec
 
 F_SETPIPE_SZ = 1031
-MAX_RESTARTS_PER_MINUTE = 5
+MAX_RESTARTS_PER_MINUTE = 5  # restarts at once; past that, each waits (RESTART_BACKOFF_MAX)
+RESTART_BACKOFF_MAX = 60.0  # seconds a worker that keeps dying waits before its next start
 PIPE_SIZE = 1 << 20
+
+
+def restart_delay(recent_restarts: int) -> float:
+    """Seconds before a dead worker's replacement starts, given its restarts in the last
+    minute: none for the first few, then doubling up to RESTART_BACKOFF_MAX."""
+    over = recent_restarts - MAX_RESTARTS_PER_MINUTE
+    return 0.0 if over < 0 else min(RESTART_BACKOFF_MAX, float(2 ** min(over + 1, 16)))
 
 
 class WorkerDied(Exception):
@@ -290,24 +298,28 @@ class Router:
             return
         recent = [t for t in self.restarts[conn.index] if time.monotonic() - t < 60]
         self.restarts[conn.index] = recent
-        again = len(recent) < MAX_RESTARTS_PER_MINUTE
         if self.nursery is None:
-            self._log_death(conn, False)
+            self._log_death(conn, None)
             return
-        self.nursery.start_soon(self._after_death, conn, again)
+        self.nursery.start_soon(self._after_death, conn, restart_delay(len(recent)))
 
-    async def _after_death(self, conn: WorkerConn, again: bool) -> None:
-        """Reap first, so the log names the real exit status; then replace the worker."""
+    async def _after_death(self, conn: WorkerConn, delay: float) -> None:
+        """Reap first, so the log names the real exit status; then replace the worker (a
+        worker that keeps dying after a wait, meanwhile its inodes answer EIO: a crash
+        loop does not spin, and a mount whose workers were killed (OOM) comes back)."""
         await trio.to_thread.run_sync(_reap, conn.proc)
-        self._log_death(conn, again)
-        if again:
-            await self._restart(conn)
+        self._log_death(conn, delay)
+        if delay:
+            await trio.sleep(delay)
+        await self._restart(conn)
 
-    def _log_death(self, conn: WorkerConn, again: bool) -> None:
+    def _log_death(self, conn: WorkerConn, delay: float | None) -> None:
         self.log(f"worker {conn.index} (pid {conn.pid}) exited with status "
                  f"{conn.proc.poll()}; its requests in flight fail with EIO; "
-                 + ("starting a new one from the diff on disk" if again
-                    else "it keeps dying: its inodes answer EIO from now on"))
+                 + ("no new one (the mount is ending)" if delay is None
+                    else "starting a new one from the diff on disk" if not delay
+                    else f"it keeps dying: its inodes answer EIO until a new one starts "
+                         f"in {delay:.0f} s"))
 
     async def _restart(self, old: WorkerConn) -> None:
         """A new process for a dead worker: it reopens its objects from the diff on disk."""

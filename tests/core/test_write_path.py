@@ -171,6 +171,44 @@ def test_a_worker_restart_loses_no_answered_write(tmp_path: Path) -> None:
     run_vfs(tmp_path, check, workers=1)
 
 
+def test_a_worker_that_keeps_dying_comes_back_after_a_wait(tmp_path: Path) -> None:
+    """A worker killed again and again (the OOM killer on a starved host): the first
+    restarts are at once; past MAX_RESTARTS_PER_MINUTE its inodes answer EIO for a wait
+    that doubles, and then a new worker serves them again (a crash loop does not spin,
+    and the mount is never left broken for good)."""
+    from pbkfs.ipc.router import MAX_RESTARTS_PER_MINUTE, restart_delay
+
+    assert [restart_delay(n) for n in range(MAX_RESTARTS_PER_MINUTE)] == [0.0] * 5
+    assert restart_delay(MAX_RESTARTS_PER_MINUTE) == 2.0
+    assert restart_delay(MAX_RESTARTS_PER_MINUTE + 1) == 4.0
+    assert restart_delay(1000) == 60.0
+    files = make_base(tmp_path / "base")
+
+    async def body(vfs: Vfs, router: Router) -> None:
+        seen = _restarted_hook(vfs, router)
+        fh = await vfs.open(lookup_path(vfs, "base/1/100"), os.O_RDWR)
+        await vfs.write(fh, 0, b"K" * BS)
+        await vfs.fsync(fh, True)
+        for kills in range(1, MAX_RESTARTS_PER_MINUTE + 2):
+            os.kill(router.conns[0].pid, signal.SIGKILL)
+            if kills <= MAX_RESTARTS_PER_MINUTE:
+                await _wait_restarted(router, seen)
+                seen.clear()
+                assert await vfs.read(fh, 0, BS) == b"K" * BS
+        # the sixth death: a wait of restart_delay(5) = 2 s, EIO meanwhile
+        with trio.fail_after(30):
+            while router.conns[0].alive:
+                await trio.sleep(0.01)
+        with pytest.raises(FsError) as err:
+            await vfs.read(fh, BS, BS)
+        assert err.value.errno == errno.EIO
+        await _wait_restarted(router, seen)
+        assert await vfs.read(fh, 0, BS) == b"K" * BS
+        assert await vfs.read(fh, BS, BS) == files["base/1/100"][BS:2 * BS]
+
+    run_vfs(tmp_path, body, workers=1)
+
+
 def test_object_files_go_only_after_the_name_removal_is_durable(tmp_path: Path) -> None:
     """PostgreSQL's durable rename: a file fsynced, then renamed over or unlinked. Its
     object is deleted only once the journal record removing the name is durable, so a
