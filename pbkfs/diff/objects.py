@@ -98,7 +98,8 @@ def read_object(fd: int, size: int, bm: BlockMap | None, origin: str | None, bs:
 class Obj:
     """One open object."""
 
-    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty", "new", "busy", "failed")
+    __slots__ = ("fid", "origin", "fd", "size", "map", "slot", "dirty", "new", "busy", "failed",
+                 "syncing")
 
     def __init__(self, fid: int, origin: str | None, fd: int, size: int, bm: BlockMap | None):
         self.fid = fid
@@ -111,6 +112,7 @@ class Obj:
         self.new = False  # its files were created here: their names need a directory fsync
         self.busy = 0  # operations using it now: never closed under them
         self.failed = 0  # errno of a failed fdatasync: every later fsync reports it
+        self.syncing = False  # synced early by another request's thread (_sync_and_close)
 
 
 class ObjectStore:
@@ -147,7 +149,7 @@ class ObjectStore:
     def _get(self, fid: int, origin: str | None) -> Obj:
         """The open object, marked busy (release with _put)."""
         with self._lock:
-            obj = self._objs.get(fid)
+            obj = self._settled(fid)
             if obj is not None:
                 self._objs.move_to_end(fid)
                 obj.busy += 1
@@ -160,6 +162,17 @@ class ObjectStore:
             overflow = self._overflow(keep=fid)
         for old in overflow:
             self._sync_and_close(old)
+        return obj
+
+    def _settled(self, fid: int) -> Obj | None:
+        """The open object `fid` once no early sync of it runs (under self._lock): that sync
+        runs outside the inode's request order, so nothing else may use the object
+        meanwhile (a write between its data sync and its map sync would make a bit durable
+        before its data; an fsync finding it clean would return before the disk did)."""
+        obj = self._objs.get(fid)
+        while obj is not None and obj.syncing:
+            self._idle.wait()
+            obj = self._objs.get(fid)
         return obj
 
     def _put(self, obj: Obj) -> None:
@@ -204,6 +217,7 @@ class ObjectStore:
                 break
             if fid != keep and not obj.busy and not obj.failed:
                 obj.busy += 1
+                obj.syncing = True
                 out.append(obj)
         return out
 
@@ -215,6 +229,7 @@ class ObjectStore:
             self.log(f"object {obj.fid}: early sync to free descriptors failed: {exc}")
         with self._lock:
             obj.busy -= 1
+            obj.syncing = False
             self._idle.notify_all()
             clean = not (obj.busy or obj.failed or obj.dirty or obj.new
                          or (obj.map is not None and obj.map.dirty))
@@ -458,7 +473,7 @@ class ObjectStore:
 
     def fsync(self, fid: int, datasync: bool) -> Obj | None:
         with self._lock:
-            obj = self._objs.get(fid)
+            obj = self._settled(fid)
             if obj is not None:
                 obj.busy += 1
         if obj is None:
@@ -511,7 +526,8 @@ class ObjectStore:
         """Would fsync of `fid` wait for the disk (anything written since the last one)?"""
         with self._lock:
             obj = self._objs.get(fid)
-        return obj is None or obj.dirty or obj.new or (obj.map is not None and obj.map.dirty)
+        return obj is None or obj.syncing or obj.dirty or obj.new or (
+            obj.map is not None and obj.map.dirty)
 
     def remove(self, fid: int) -> None:
         with self._lock:

@@ -326,3 +326,36 @@ def test_removal_waits_for_an_object_in_use(tmp_path: Path, base: FakeBase) -> N
     remover.join(10)
     assert not remover.is_alive()
     assert not os.path.exists(data_path(s.dir, 5))
+
+
+def test_an_object_being_synced_early_is_used_by_nothing_else(
+        tmp_path: Path, base: FakeBase) -> None:
+    """An early sync (_sync_and_close) runs in another request's thread, outside the
+    object's own request order: a write or fsync of that object waits for it to end, and
+    the object counts as needing an fsync meanwhile (a write between its data sync and its
+    map sync would make a bit durable before its data; an fsync finding it clean would
+    return before the disk did)."""
+    import threading
+
+    s = store(tmp_path, base)
+    s.write(5, "rel", 0, b"a" * BS)
+    with s._lock:
+        obj = s._objs[5]
+        obj.busy += 1
+        obj.syncing = True  # as _overflow marks it
+    assert s.needs_sync(5)
+    writer = threading.Thread(target=s.write, args=(5, "rel", BS, b"b" * BS))
+    syncer = threading.Thread(target=s.fsync, args=(5, True))
+    writer.start()
+    syncer.start()
+    writer.join(0.3)
+    syncer.join(0.1)
+    assert writer.is_alive() and syncer.is_alive()
+    with s._lock:
+        obj.syncing = False
+        obj.busy -= 1
+        s._idle.notify_all()
+    writer.join(10)
+    syncer.join(10)
+    assert not writer.is_alive() and not syncer.is_alive()
+    assert s.read(5, "rel", 0, 2 * BS) == b"a" * BS + b"b" * BS
