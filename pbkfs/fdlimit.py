@@ -31,11 +31,7 @@ def raise_soft_limit() -> int:
     return want
 
 
-def open_objects_bound(soft_limit: int | None = None) -> int:
+def open_objects_bound(soft_limit: int) -> int:
     """How many objects one worker keeps open at most, given its descriptor limit."""
-    if soft_limit is None:
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft_limit == resource.RLIM_INFINITY:
-            soft_limit = CEILING
     room = (soft_limit - RESERVED_FDS) // FDS_PER_OBJECT
     return max(MIN_OPEN_OBJECTS, min(MAX_OPEN_OBJECTS, room))

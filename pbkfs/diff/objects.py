@@ -136,7 +136,7 @@ class ObjectStore:
         self.log = log or (lambda _m: None)
         self._objs: OrderedDict[int, Obj] = OrderedDict()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # an object's busy count fell
+        self._idle = threading.Condition(self._lock)  # an early sync ended
         self._region_lock = threading.Lock()
         self._slots: dict[int, int] = {}  # fid -> shared-memory slot, for the object's life
         # Bits an earlier process of this worker set but never synced (from shared memory):
@@ -178,7 +178,6 @@ class ObjectStore:
     def _put(self, obj: Obj) -> None:
         with self._lock:
             obj.busy -= 1
-            self._idle.notify_all()
 
     @contextlib.contextmanager
     def _using(self, fid: int, origin: str | None) -> Iterator[Obj]:
@@ -531,9 +530,8 @@ class ObjectStore:
 
     def remove(self, fid: int) -> None:
         with self._lock:
+            self._settled(fid)  # its descriptors are never closed under an early sync
             obj = self._objs.pop(fid, None)
-            while obj is not None and obj.busy:
-                self._idle.wait()  # an early sync of it (_sync_and_close) still runs
         if obj is not None:
             self._close(obj, release_slot=True)
         elif self.region is not None and fid in self._slots:

@@ -309,20 +309,26 @@ def test_dirty_objects_past_the_bound_are_synced_early_and_closed(
     s2.close_all()
 
 
-def test_removal_waits_for_an_object_in_use(tmp_path: Path, base: FakeBase) -> None:
-    """remove() of an object another thread still uses (an early sync of it) waits, so
-    its descriptors are never closed, and their numbers reused, under that thread."""
+def test_removal_waits_for_an_early_sync(tmp_path: Path, base: FakeBase) -> None:
+    """remove() of an object another thread is syncing early waits for that sync, so its
+    descriptors are never closed, and their numbers reused, under that thread."""
     import threading
 
     s = store(tmp_path, base)
     s.write(5, "rel", 0, b"r" * BS)
-    obj = s._get(5, "rel")  # in use, as by _sync_and_close
+    with s._lock:
+        obj = s._objs[5]
+        obj.busy += 1
+        obj.syncing = True  # as _overflow marks it
     remover = threading.Thread(target=s.remove, args=(5,))
     remover.start()
     remover.join(0.3)
     assert remover.is_alive()
     assert os.path.exists(data_path(s.dir, 5))
-    s._put(obj)
+    with s._lock:
+        obj.busy -= 1
+        obj.syncing = False
+        s._idle.notify_all()
     remover.join(10)
     assert not remover.is_alive()
     assert not os.path.exists(data_path(s.dir, 5))
