@@ -10,35 +10,16 @@ import errno
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.load import cpu_hog, drop_caches
 from tests.support.mounting import is_mounted, mounted, small_tmpfs
 
 MiB = 1 << 20
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-@contextlib.contextmanager
-def cpu_hog() -> Iterator[None]:
-    """A busy-looping process per core beside the test: races fire when the machine is busy."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(os.cpu_count() or 2)]
-    try:
-        yield
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
 
 
 def test_parallel_big_writers_finish_under_load(work: Path, base: Path) -> None:
