@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tools.bench_clones [--scale 20] [--mounts 20] [--workers 1]
         [--out tools/bench_results/clones.md] [--parts mounts,reset,drill]
+        [--rounds 1] [--amcheck-jobs 2]
 
 In one run: a PostgreSQL 15 cluster with `pgbench -i -s SCALE`, a FULL zlib `--stream`
 backup by `tools.mkbackup`, then:
@@ -14,14 +15,18 @@ backup by `tools.mkbackup`, then:
 * **Branch and reset**: a diff grown by pgbench to several sizes; at each, `pbkfs mount
   --from` it timed (and to the branch's first query), then `pbkfs reset` timed.
 * **Drill vs restore**: `pbkfs drill` of the backup against the same steps done by hand on a
-  restore-like export (export, start, pg_amcheck --all --heapallindexed).
+  restore-like export (export, start, the drill's own pg_amcheck --all --heapallindexed
+  with the same --jobs, stop), alternated for --rounds rounds per job count; medians and
+  the phases of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -175,27 +180,72 @@ def reset_times(work: Path, backup: Backup) -> list[str]:
     return lines
 
 
-def drill_vs_restore(work: Path, backup: Backup) -> list[str]:
+def drill_once(backup: Backup, jobs: int) -> tuple[float, dict[str, float]]:
+    """Seconds of one `pbkfs drill`, and the seconds of each of its phases."""
     t0 = time.monotonic()
-    pbkfs("drill", "-B", str(backup.store), "--instance", backup.instance, "-i",
-          backup.backup_id, timeout=3600)
-    drill_s = time.monotonic() - t0
+    proc = pbkfs("drill", "-B", str(backup.store), "--instance", backup.instance, "-i",
+                 backup.backup_id, "--jobs", str(jobs), "--format", "json", timeout=3600)
+    seconds = time.monotonic() - t0
+    report = json.loads(proc.stdout)
+    return seconds, {c["name"]: c["seconds"] for c in report["checks"]}
+
+
+def restore_once(work: Path, backup: Backup, jobs: int) -> tuple[float, dict[str, float]]:
+    """The same steps by hand on a restore-like export: export (synced), start the server,
+    the drill's own pg_amcheck, stop; seconds in all and per step."""
+    from pbkfs.mount.drill import amcheck_args
+
     run = make_owned_dir(work / "restore", 0o755)
+    phases: dict[str, float] = {}
     t0 = time.monotonic()
     export(backup, run / "data")
     prepare_datadir(run / "data")
+    phases["export"] = time.monotonic() - t0
     pg = PgCluster(run / "data", free_port(), run / "sock")
     try:
+        t1 = time.monotonic()
         pg.start()
-        pg.run([PG_BIN / "pg_amcheck", "--all", "--heapallindexed", "--install-missing",
-                "-h", pg.sockdir, "-p", str(pg.port), "-U", "postgres"], timeout=3600)
+        phases["start"] = time.monotonic() - t1
+        t1 = time.monotonic()
+        pg.run([PG_BIN / "pg_amcheck", *amcheck_args(jobs), "-h", pg.sockdir, "-p",
+                str(pg.port), "-U", "postgres"], timeout=3600)
+        phases["amcheck"] = time.monotonic() - t1
     finally:
+        t1 = time.monotonic()
         pg.teardown()
-    restore_s = time.monotonic() - t0
-    log(f"  drill {drill_s:.1f} s, restore + start + amcheck {restore_s:.1f} s")
-    return [f"`pbkfs drill` (mount, start, recovery, amcheck, clean-up): {drill_s:.1f} s; "
-            f"export + start + the same pg_amcheck: {restore_s:.1f} s "
-            f"({restore_s / drill_s:.2f}x)."]
+        phases["stop"] = time.monotonic() - t1
+    seconds = time.monotonic() - t0
+    subprocess.run(["rm", "-rf", str(run)], check=True, timeout=600)
+    return seconds, phases
+
+
+def drill_vs_restore(work: Path, backup: Backup, rounds: int, jobs: list[int]) -> list[str]:
+    """Drill and restore alternated round by round, for each pg_amcheck job count; medians."""
+    times: dict[str, list[float]] = {}
+    phases: dict[str, list[dict[str, float]]] = {}
+    for r in range(rounds):
+        for j in jobs:
+            for kind in ("drill", "restore"):
+                key = f"{kind} -j {j}"
+                log(f"  round {r + 1}: {key} (load {load1():.2f})")
+                s, ph = drill_once(backup, j) if kind == "drill" else \
+                    restore_once(work, backup, j)
+                times.setdefault(key, []).append(s)
+                phases.setdefault(key, []).append(ph)
+    lines = ["| pg_amcheck jobs | `pbkfs drill`, median (rounds) | export + start + the "
+             "same pg_amcheck + stop, median (rounds) | restore / drill |",
+             "| --- | --- | --- | --- |"]
+    for j in jobs:
+        d, e = times[f"drill -j {j}"], times[f"restore -j {j}"]
+        lines.append(f"| {j} | {statistics.median(d):.2f} s ({' / '.join(f'{x:.2f}' for x in d)})"
+                     f" | {statistics.median(e):.2f} s ({' / '.join(f'{x:.2f}' for x in e)})"
+                     f" | {statistics.median(e) / statistics.median(d):.2f}x |")
+    lines += ["", "Phases, medians (s):", ""]
+    for key, runs in phases.items():
+        names = list(runs[0])
+        lines.append(f"* {key}: " + ", ".join(
+            f"{n} {statistics.median(p[n] for p in runs):.2f}" for n in names))
+    return lines
 
 
 def main() -> None:
@@ -204,6 +254,9 @@ def main() -> None:
     ap.add_argument("--mounts", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench_results" / "clones.md")
+    ap.add_argument("--rounds", type=int, default=1, help="drill: rounds, alternated")
+    ap.add_argument("--amcheck-jobs", default="2",
+                    help="drill: comma-separated pg_amcheck job counts, each measured")
     ap.add_argument("--parts", default="mounts,reset,drill",
                     help="comma-separated: mounts, reset (with branches), drill")
     args = ap.parse_args()
@@ -221,7 +274,8 @@ def main() -> None:
         if "reset" in parts:
             out += ["", "## Branch and reset vs diff size", ""] + reset_times(work, backup)
         if "drill" in parts:
-            out += ["", "## Drill vs restore", ""] + drill_vs_restore(work, backup)
+            out += ["", "## Drill vs restore", ""] + drill_vs_restore(
+                work, backup, args.rounds, [int(j) for j in args.amcheck_jobs.split(",")])
     text = "\n".join(out) + "\n"
     args.out.write_text(text)
     print(text)

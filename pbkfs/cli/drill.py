@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from pbkfs.recovery.options import OPTIONS, recovery_target_options
 @click.option("--sql", "sql_files", multiple=True, type=click.Path(dir_okay=False, exists=True,
               path_type=Path), help="A query whose first column must be true (repeatable).")
 @click.option("--no-amcheck", is_flag=True, help="Skip pg_amcheck --all --heapallindexed.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Connections pg_amcheck checks on at once (default: the number of CPUs).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the diff and the server log (the mount and "
@@ -34,7 +37,8 @@ from pbkfs.recovery.options import OPTIONS, recovery_target_options
 @reports_errors
 @object_store_options
 def drill(store: str, instance: str, backup_id: str | None, sql_files: tuple[Path, ...],
-          no_amcheck: bool, fmt: str, keep: bool, os_user: str, timeout: float,
+          no_amcheck: bool, jobs: int | None, fmt: str, keep: bool, os_user: str,
+          timeout: float,
           **recovery: Any) -> None:
     """Restore drill: mount the backup on a temporary mount point with a temporary diff,
     start PostgreSQL, wait for recovery to end, run pg_amcheck and the SQL checks, report,
@@ -57,7 +61,8 @@ def drill(store: str, instance: str, backup_id: str | None, sql_files: tuple[Pat
     extra = ["--cache-dir", cfg.cache_dir] + (["--s3-endpoint", cfg.endpoint]
                                               if cfg.endpoint else [])
     report = Drill(describe(store), instance, backup_id, args, list(sql_files),
-                   not no_amcheck, os_user, keep, timeout, extra).run()
+                   not no_amcheck, os_user, keep, timeout, extra,
+                   jobs or os.cpu_count() or 1).run()
     if fmt == "json":
         click.echo(json.dumps(msgspec.to_builtins(report), indent=2))
     else:

@@ -95,16 +95,25 @@ def pg_bindir(major: str) -> Path:
                        f"(looked in {debian} and pg_config)")
 
 
+def amcheck_args(jobs: int) -> list[str]:
+    """What a drill asks of pg_amcheck: every relation of every database, each heap's
+    tuples against its indexes. With more than one job, relations are checked on that many
+    connections at once: their pages are decoded by several workers while the server
+    checks, so the CPUs are used together instead of in turn."""
+    return ["--all", "--heapallindexed", "--install-missing", "--jobs", str(max(1, jobs))]
+
+
 class Drill:
     def __init__(self, store: str, instance: str, backup_id: str | None,
                  recovery_args: list[str], sql_files: list[Path], amcheck: bool,
-                 os_user: str, keep: bool, timeout: float, extra_mount_args: list[str]
-                 ) -> None:
+                 os_user: str, keep: bool, timeout: float, extra_mount_args: list[str],
+                 jobs: int = 1) -> None:
         self.store, self.instance, self.backup_id = store, instance, backup_id
         self.recovery_args, self.sql_files, self.amcheck = recovery_args, sql_files, amcheck
         self.user = pwd.getpwnam(os_user)
         self.keep, self.timeout = keep, timeout
         self.extra = extra_mount_args
+        self.jobs = max(1, jobs)
         self.report = DrillReport(store=store, instance=instance)
         self.work = Path(tempfile.mkdtemp(prefix="pbkfs-drill-"))
         self.work.chmod(0o755)
@@ -164,7 +173,7 @@ class Drill:
         assert self.bindir is not None
         log = self.sock / "postgresql.log"
         opts = (f"-p {self.port} -k {self.sock} -c listen_addresses='' "
-                "-c max_connections=20")
+                f"-c max_connections={max(20, self.jobs + 10)}")
         if not self.keep:  # a throwaway server (see the module's docstring)
             opts += " -c fsync=off"
         self.started = True  # from here on the clean-up stops a server (also a half-started one)
@@ -193,9 +202,9 @@ class Drill:
 
     def run_amcheck(self) -> str:
         assert self.bindir is not None
-        proc = self._as_user([str(self.bindir / "pg_amcheck"), "--all", "--heapallindexed",
-                              "--install-missing", "-h", str(self.sock), "-p", str(self.port),
-                              "-U", "postgres"], self.timeout * 10)
+        proc = self._as_user([str(self.bindir / "pg_amcheck"), *amcheck_args(self.jobs),
+                              "-h", str(self.sock), "-p", str(self.port), "-U", "postgres"],
+                             self.timeout * 10)
         if proc.returncode != 0:
             raise RuntimeError("pg_amcheck: " + (proc.stdout + proc.stderr).strip()[-2000:])
         return "no corruption found"
