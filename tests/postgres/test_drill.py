@@ -124,3 +124,16 @@ def test_an_interrupted_drill_leaves_nothing(fixtures_dir: Path, after: float) -
     proc.send_signal(signal.SIGINT if after < 1 else signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0 or "PASSED" in out, out + err
+
+
+def test_a_bad_job_count_is_refused_naming_the_option(fixtures_dir: Path) -> None:
+    proc = drill("-B", str(fixtures_dir / "pg15" / "catalog"), "--instance", "main", "-i",
+                 "TP2KC3", "--jobs", "0")
+    assert proc.returncode == 2 and "--jobs" in proc.stderr, proc.stderr
+
+
+def test_one_amcheck_connection_passes_too(fixtures_dir: Path) -> None:
+    proc = drill("-B", str(fixtures_dir / "pg15" / "catalog"), "--instance", "main", "-i",
+                 "TP2KC3", "--jobs", "1", "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [c["name"] for c in json.loads(proc.stdout)["checks"]][-1] == "amcheck"
