@@ -19,7 +19,9 @@ is, every account moved by exactly the committed ids that touched it, and
   diff, then more space, a remount, and recovery;
 * (f) a corrupt page of one table of the backup read over and over beside the load: those
   reads fail with an I/O error, the rest of the load is untouched, the log names backup,
-  file and block.
+  file and block;
+* (g) every pbkfs process, the frontend included, stopped and continued again and again
+  (up to a second at a time) beside a CPU hog: slower, never an error, no replacement.
 
 Two more tests reduce what (b) and (d) find to one write each: a write answered by pbkfs
 and then lost with its worker must neither read back as the older page nor let an fsync
@@ -62,6 +64,7 @@ from tests.support.faults import (
     wait_until,
     worker_restarts,
 )
+from tests.support.load import cpu_hog
 from tests.support.mounting import is_mounted, pbkfs
 from tests.support.postgres import make_owned_dir
 
@@ -368,6 +371,61 @@ def test_full_diff_is_a_clear_error_then_recovers(fixtures_dir: Path, work: Path
     report("e-full-diff", t0, seed, fs="tmpfs 200m", filler_batches=filler.batches,
            acked_when_full=acked_full, panics=panics, recovery_s=f"{recovery:.1f}", **figures,
            pg_error=repr(enospc[0].split(" UTC ", 1)[-1][:140]))
+
+
+# -- (g) ---------------------------------------------------------------------------------
+
+STARVE_TIMEOUT = 10.0  # request_timeout while starved: far above the longest stop
+STARVE_SECONDS = 15.0
+
+
+def test_starved_processes_are_slow_never_wrong(fixtures_dir: Path, work: Path,
+                                                faults: Rig, seed: int) -> None:
+    """Every pbkfs process stopped again and again for up to a second at a time (SIGSTOP,
+    SIGCONT: a starved host), the frontend included, beside a CPU hog: the load only slows
+    down. No worker is mistaken for a hung one and replaced, no client sees an error, the
+    server never PANICs, nothing acknowledged is lost, and the remount has it all."""
+    t0 = time.monotonic()
+    rng = random.Random(seed)
+    config = work / "pbkfs.toml"
+    config.write_text(f"[mount]\nrequest_timeout = {STARVE_TIMEOUT}\n")
+    args = {**mount_args(fixtures_dir / CATALOG[0] / "catalog"),
+            "extra": ["--config", str(config)]}
+    mnt, diff = make_owned_dir(work / "mnt"), work / "diff"
+    server, load = start_loaded(faults, mnt, diff, seed, **args)
+    procs = faults.procs(diff)
+    stops = 0
+    with cpu_hog():
+        load.start()
+        load.wait_acked(100, 60)
+        before = load.count()
+        end = time.monotonic() + STARVE_SECONDS
+        while time.monotonic() < end:
+            victims = rng.sample(procs, rng.randint(1, len(procs)))
+            for v in victims:
+                kill(v, signal.SIGSTOP)
+                faults.stopped.add(v)
+            time.sleep(rng.uniform(0.05, 1.0))
+            for v in victims:
+                kill(v, signal.SIGCONT)
+                faults.stopped.discard(v)
+            stops += len(victims)
+            time.sleep(rng.uniform(0.2, 0.6))
+        load.wait_acked(load.count() + 100, 60)  # and it goes on afterwards
+        load.stop()
+    during = load.count() - before
+    assert [p for p in procs if not still(p)] == [], "a starved pbkfs process died"
+    assert worker_restarts(mnt) == 0
+    assert load.errors == [], load.errors[:5]
+    assert server.panics() == 0, server.log()[-3000:]
+    live = load.verify(server)
+    amcheck_clean(server)
+    server.stop()
+    pbkfs("unmount", "-D", str(mnt), "--timeout", "120", timeout=180)
+    figures, _ = remount_and_verify(faults, mnt, diff, load, "sock2", **args)
+    assert figures["found"] == live["found"]
+    report("g-starved", t0, seed, stops=stops, acked_while_starved=during,
+           acked=live["acked"], found=live["found"], found_after_remount=figures["found"])
 
 
 # -- (f) ---------------------------------------------------------------------------------
