@@ -82,3 +82,27 @@ def test_hidden_files_and_tablespace(fixtures_dir: Path) -> None:
     assert ts is not None and ts.kind == "d"
     assert view.tablespaces == {"pg_tblspc/16384": "/tmp/pbkfs-fixture-src/pg15/main/tblspc_ts1"}
     assert "PG_15_202209061" in view.listdir("pg_tblspc/16384")
+
+
+def test_a_chain_of_ptrack_incrementals_reads_like_restore(fixtures_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """PTRACK backups store their pages exactly as DELTA and PAGE ones do (only the way the
+    block set was found differs): the pg15 chain with every incremental labelled PTRACK
+    reads the bytes restore wrote for TP2KC3, and its chain names the mode."""
+    from pbkfs.catalog.chain import resolve_chain
+    from pbkfs.catalog.store import Store
+    from tests.support.catalog_edit import copy_catalog, set_control
+
+    catalog = copy_catalog(fixtures_dir / "pg15" / "catalog", tmp_path / "catalog")
+    for backup_id in ("TP2KBJ", "TP2KBV", "TP2KC3"):
+        set_control(catalog / "backups" / "main" / backup_id, "backup-mode", "PTRACK")
+    chain = resolve_chain(Store(catalog).instance("main"), "TP2KC3")
+    assert sorted(b.control.backup_mode for b in chain) == [
+        "FULL", "PTRACK", "PTRACK", "PTRACK"]
+    view = open_view(catalog, "main", "TP2KC3")
+    try:
+        expected = read_tsv(fixtures_dir / "pg15" / "expected" / "main" / "TP2KC3.tsv")
+        problems = compare_listing(listing(view), expected, view.tablespaces, auto_conf_check)
+    finally:
+        view.close()
+    assert not problems, "\n".join(problems[:40])
