@@ -69,6 +69,23 @@ class Stats:
 
 FULL_LOG_EVERY_S = 10.0
 FULL_BELOW_BYTES = 16 << 20  # PostgreSQL's default WAL segment
+SPREAD_MIN = 64 << 10  # a read this large is the kernel's readahead of a sequential scan
+# Workers a scan's readahead is spread over: one CPU goes to the reading backend itself.
+SPREAD_WIDTH = max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def read_route(ino: int, off: int, length: int, width: int = SPREAD_WIDTH) -> int:
+    """Where a read of a file never written here goes (it has nothing to be ordered after).
+
+    Readahead of a sequential scan (large reads) is spread by 1 MiB chunk over `width`
+    workers, so one big cold file decodes on the CPUs its reader leaves free. Random page
+    reads stay with the inode's own worker. Measured on two CPUs (BENCHMARKS.md): spread,
+    each random read woke another process, and four workers ran a cold select-only load
+    30 % slower than one; a first scan spread over two or four workers took 0.33 s
+    against 0.29-0.30 s in one. The first write of the file binds it; every later request
+    goes to the inode's worker.
+    """
+    return ino + (off >> 20) % width if length >= SPREAD_MIN else ino
 
 
 class Vfs:
@@ -395,10 +412,7 @@ class Vfs:
         self.stats.reads_worker += 1
         rid = self.router.rid()
         req = P.Read(rid, node.ino, fid, node.origin, size, off, length)
-        # A file never written here has nothing to be ordered after: its reads are spread
-        # over the workers by 1 MiB chunk, so one big cold file decodes on every CPU.
-        # (Its first write binds it; every later request goes to the inode's worker.)
-        route = node.ino if fid is not None else node.ino + (off >> 20)
+        route = node.ino if fid is not None else read_route(node.ino, off, length)
         call = self.router.submit(route, req)
         reply = self._reply(await call.wait(), f"read {self._name(node)} at {off}")
         assert isinstance(reply, P.Data)

@@ -52,7 +52,8 @@ def abort_connection(conn: str) -> bool:
 
 
 # read_ahead_kb: a sequential scan keeps several reads in flight, spread over the workers
-# (reads of files never written are routed by chunk), so cold data decodes on every CPU.
+# (large reads of files never written are routed by chunk: `pbkfs.fs.vfs.read_route`), so
+# cold data decodes on the CPUs the reader leaves free.
 BDI_SETTINGS = {"strict_limit": "0", "max_ratio": str(BDI_MAX_RATIO), "read_ahead_kb": "1024"}
 
 
