@@ -62,7 +62,7 @@ def drill(store: str, instance: str, backup_id: str | None, sql_files: tuple[Pat
                                               if cfg.endpoint else [])
     report = Drill(describe(store), instance, backup_id, args, list(sql_files),
                    not no_amcheck, os_user, keep, timeout, extra,
-                   jobs or os.cpu_count() or 1).run()
+                   jobs or len(os.sched_getaffinity(0))).run()
     if fmt == "json":
         click.echo(json.dumps(msgspec.to_builtins(report), indent=2))
     else:

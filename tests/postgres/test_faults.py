@@ -96,6 +96,14 @@ def mount_args(catalog: Path) -> dict[str, Any]:
     return {"store": catalog, "instance": instance, "backup_id": backup_id, "workers": WORKERS}
 
 
+def timed_mount_args(fixtures_dir: Path, work: Path, request_timeout: float) -> dict[str, Any]:
+    """Mount arguments with `request_timeout` set through a --config file."""
+    config = work / "pbkfs.toml"
+    config.write_text(f"[mount]\nrequest_timeout = {request_timeout}\n")
+    return {**mount_args(fixtures_dir / CATALOG[0] / "catalog"),
+            "extra": ["--config", str(config)]}
+
+
 def report(case: str, t0: float, seed: int, **figures: object) -> None:
     fields = " ".join(f"{k}={v}" for k, v in figures.items())
     print(f"FAULT case={case} seed={seed} {fields} duration_s={time.monotonic() - t0:.1f}")
@@ -257,10 +265,7 @@ def test_stopped_worker_is_replaced_after_request_timeout(fixtures_dir: Path, wo
                                                           faults: Rig, seed: int) -> None:
     t0 = time.monotonic()
     rng = random.Random(seed)
-    config = work / "pbkfs.toml"
-    config.write_text(f"[mount]\nrequest_timeout = {REQUEST_TIMEOUT}\n")
-    args = {**mount_args(fixtures_dir / CATALOG[0] / "catalog"),
-            "extra": ["--config", str(config)]}
+    args = timed_mount_args(fixtures_dir, work, REQUEST_TIMEOUT)
     mnt, diff = make_owned_dir(work / "mnt"), work / "diff"
     server, load = start_loaded(faults, mnt, diff, seed, **args)
     with DStateWatch(lambda: server.postmaster_pid) as watch:
@@ -387,10 +392,7 @@ def test_starved_processes_are_slow_never_wrong(fixtures_dir: Path, work: Path,
     server never PANICs, nothing acknowledged is lost, and the remount has it all."""
     t0 = time.monotonic()
     rng = random.Random(seed)
-    config = work / "pbkfs.toml"
-    config.write_text(f"[mount]\nrequest_timeout = {STARVE_TIMEOUT}\n")
-    args = {**mount_args(fixtures_dir / CATALOG[0] / "catalog"),
-            "extra": ["--config", str(config)]}
+    args = timed_mount_args(fixtures_dir, work, STARVE_TIMEOUT)
     mnt, diff = make_owned_dir(work / "mnt"), work / "diff"
     server, load = start_loaded(faults, mnt, diff, seed, **args)
     procs = faults.procs(diff)
